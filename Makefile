@@ -1,0 +1,37 @@
+# flux2-edit — see README.md. `make test` is what CI (.ci/run) runs.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.install-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint fmt typecheck clean
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; the venv is reused otherwise (idempotent).
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/flux2-edit serve --model tiny --host 127.0.0.1 --port 8000
+
+test: install
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy service pipelines weights
+
+typecheck: install
+	$(VENV)/bin/mypy service pipelines weights
+
+fmt: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,101 @@
+"""A deterministic, instant engine for service tests and local development.
+
+It honours the engine contract (validation, one progress event per step, cancellation before
+every step, one image per ``seed + k``) and draws a picture from the prompt, the seed and the
+first reference, so tests can tell outputs apart without running a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+
+from PIL import Image, ImageDraw
+
+from pipelines.sizes import REFERENCE_PIXELS
+from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback, StepEvent
+from pipelines.validation import validate_request
+
+
+class FakeEngine:
+    """Implements :class:`pipelines.protocol.EditEngine` without a model."""
+
+    def __init__(
+        self,
+        *,
+        num_steps: int = 8,
+        step_seconds: float = 0.0,
+        reference_pixels: int = REFERENCE_PIXELS,
+    ) -> None:
+        self._num_steps = num_steps
+        self.step_seconds = step_seconds
+        self.reference_pixels = reference_pixels
+        self.loaded = False
+        self.calls: list[tuple[str, ...]] = []  # request ids of every run() call
+
+    @property
+    def num_steps(self) -> int:
+        return self._num_steps
+
+    def load(self) -> None:
+        self.loaded = True
+
+    def warmup(self) -> None:
+        return None
+
+    def run(
+        self,
+        batch: Sequence[EditRequest],
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> list[EditResult]:
+        for request in batch:
+            validate_request(request, target_pixels=self.reference_pixels)
+        self.calls.append(tuple(r.request_id for r in batch))
+        started = time.perf_counter()
+        alive = list(range(len(batch)))
+        for step in range(1, self._num_steps + 2):
+            if should_cancel is not None:
+                alive = [i for i in alive if not should_cancel(batch[i].request_id)]
+            if step > self._num_steps or not alive:
+                break
+            if self.step_seconds:
+                time.sleep(self.step_seconds)
+            if on_step is not None:
+                on_step(StepEvent(step, self._num_steps, tuple(batch[i].request_id for i in alive)))
+        elapsed = time.perf_counter() - started
+        results = []
+        for i, request in enumerate(batch):
+            prompt = _expand(request.prompt) if request.enable_prompt_expansion else request.prompt
+            images = (
+                tuple(_draw(request, prompt, request.seed + k) for k in range(request.num_images))
+                if i in alive
+                else ()
+            )
+            results.append(
+                EditResult(
+                    request_id=request.request_id,
+                    images=images,
+                    prompt=prompt,
+                    seed=request.seed,
+                    timings={"inference": elapsed},
+                    cancelled=i not in alive,
+                )
+            )
+        return results
+
+
+def _expand(prompt: str) -> str:
+    return f"{prompt}, rendered in rich detail with natural lighting"
+
+
+def _draw(request: EditRequest, prompt: str, seed: int) -> Image.Image:
+    digest = hashlib.sha256(f"{prompt}\0{seed}".encode()).digest()
+    image = Image.new("RGB", (request.size.width, request.size.height), tuple(digest[:3]))
+    reference = request.images[0].convert("RGB").resize((request.size.width // 2,) * 2)
+    image.paste(reference, (request.size.width // 4, request.size.height // 4))
+    ImageDraw.Draw(image).rectangle(
+        (0, 0, request.size.width - 1, 7), fill=(digest[3], digest[4], digest[5])
+    )
+    return image

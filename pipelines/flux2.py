@@ -1,0 +1,465 @@
+"""The FLUX.2 [dev] edit engine on diffusers ``Flux2Pipeline``, with a flash step schedule.
+
+Why not just call ``pipe(...)``? One ``__call__`` shares its reference images across the whole
+batch (``prepare_image_latents`` repeats them), so it cannot serve several requests that edit
+*different* images. :meth:`Flux2Engine.run` therefore runs the pipeline's own pieces in the same
+order as ``__call__`` (``encode_prompt``, ``prepare_image_latents`` per request,
+``prepare_latents``, ``compute_empirical_mu`` + ``retrieve_timesteps``, the transformer and
+``scheduler.step``, then the VAE decode), with one batch row per output image. For a batch of one
+the result equals a direct ``Flux2Pipeline.__call__`` pixel for pixel (tested on the CPU).
+
+Other departures from ``__call__``, each deliberate:
+
+* every output image has its own CPU generator seeded ``seed + k``, so its pixels do not depend on
+  the batch it ran in (up to kernel blocking noise across batch shapes);
+* prompts are encoded one at a time, so an embedding never depends on its batch either;
+* each row carries its own guidance value, so requests with different ``guidance_scale`` share a
+  batch;
+* cancellation is checked before every step; a cancelled request's rows are dropped at once and it
+  is never decoded (``pipe._interrupt`` would still decode);
+* prompt expansion calls ``upsample_prompt(prompt, images=[refs])`` itself, working around the
+  multi-image bug of diffusers 0.42.1 (``__call__`` passes a flat list).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import Flux2Pipeline
+from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu, retrieve_timesteps
+from PIL import Image
+
+from pipelines.schedules import SCHEDULES, FlashSchedule
+from pipelines.sizes import REFERENCE_PIXELS, ImageSize
+from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback, StepEvent
+from pipelines.validation import validate_request
+from service.errors import Flux2Error, GenerationFailed, WeightsError
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Flux2EngineConfig:
+    """How to load and run FLUX.2.
+
+    Args:
+        model_path: a local diffusers-layout checkpoint directory (never a hub id).
+        device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16``, ``float16``.
+        lora_path: optional distilled LoRA file (e.g. ``flux.2-turbo-lora.safetensors``), fused
+            into the transformer at load time and then unloaded.
+        lora_scale: the fused LoRA's weight.
+        schedule: the flash step schedule.
+        reference_pixels: reference images are resized to about this many pixels.
+        expansion_temperature: sampling temperature of prompt expansion.
+        max_sequence_length: text tokens per prompt.
+    """
+
+    model_path: Path
+    device: str = "auto"
+    dtype: str = "auto"
+    lora_path: Path | None = None
+    lora_scale: float = 1.0
+    schedule: FlashSchedule = field(default_factory=lambda: SCHEDULES["turbo"])
+    reference_pixels: int = REFERENCE_PIXELS
+    expansion_temperature: float = 0.15
+    max_sequence_length: int = 512
+
+
+class _Cancelled(Exception):
+    """Every request of a sub-batch was cancelled: stop before the decode."""
+
+
+@dataclass
+class _Rows:
+    """The batch tensors, one row per output image, that shrink when requests are cancelled."""
+
+    owners: list[int]  # request index of each row
+    latents: torch.Tensor
+    latent_ids: torch.Tensor
+    image_latents: torch.Tensor
+    image_ids: torch.Tensor
+    prompt_embeds: torch.Tensor
+    text_ids: torch.Tensor
+    guidance: torch.Tensor
+
+    def keep(self, alive: set[int]) -> None:
+        index = [row for row, owner in enumerate(self.owners) if owner in alive]
+        if len(index) == len(self.owners):
+            return
+        self.owners = [self.owners[row] for row in index]
+        picked = torch.tensor(index, device=self.latents.device)
+        for name in (
+            "latents",
+            "latent_ids",
+            "image_latents",
+            "image_ids",
+            "prompt_embeds",
+            "text_ids",
+            "guidance",
+        ):
+            setattr(self, name, getattr(self, name).index_select(0, picked))
+
+
+class Flux2Engine:
+    """FLUX.2 [dev] image editing with a flash schedule (see the module docstring)."""
+
+    def __init__(self, config: Flux2EngineConfig) -> None:
+        self.config = config
+        self.device = _resolve_device(config.device)
+        self.dtype = _resolve_dtype(config.dtype, self.device)
+        self._pipe: Flux2Pipeline | None = None
+
+    @property
+    def num_steps(self) -> int:
+        return self.config.schedule.num_inference_steps
+
+    @property
+    def pipe(self) -> Flux2Pipeline:
+        if self._pipe is None:
+            raise GenerationFailed("the FLUX.2 engine is not loaded; call load() first")
+        return self._pipe
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def load(self) -> None:
+        path = Path(self.config.model_path)
+        if not (path / "model_index.json").is_file():
+            raise WeightsError(
+                f"{path} is not a diffusers checkpoint (no model_index.json). Build the tiny one "
+                "with 'flux2-edit weights tiny DIR' or fetch FLUX.2 [dev] with "
+                "'flux2-edit weights download'."
+            )
+        started = time.perf_counter()
+        try:
+            pipe = Flux2Pipeline.from_pretrained(path, dtype=self.dtype, local_files_only=True)
+        except Exception as exc:  # diffusers raises many kinds; all mean "unusable weights"
+            raise WeightsError(f"cannot load FLUX.2 from {path}: {exc}") from exc
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(self.device)
+        if self.config.lora_path is not None:
+            _fuse_lora(pipe, Path(self.config.lora_path), self.config.lora_scale)
+        self._pipe = pipe
+        logger.info(
+            "loaded FLUX.2 from %s on %s (%s, schedule %s) in %.1f s",
+            path,
+            self.device,
+            str(self.dtype).removeprefix("torch."),
+            self.config.schedule.name,
+            time.perf_counter() - started,
+        )
+
+    def warmup(self) -> None:
+        reference = Image.new("RGB", (64, 64), (128, 128, 128))
+        self.run(
+            [
+                EditRequest(
+                    request_id="warmup",
+                    prompt="warm up",
+                    images=(reference,),
+                    size=ImageSize(64, 64),
+                    seed=0,
+                )
+            ]
+        )
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(
+        self,
+        batch: Sequence[EditRequest],
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> list[EditResult]:
+        for request in batch:
+            validate_request(request, target_pixels=self.config.reference_pixels)
+        groups: dict[tuple[object, ...], list[int]] = {}
+        for index, request in enumerate(batch):
+            key = request.batch_key(self.config.reference_pixels)
+            groups.setdefault(key, []).append(index)
+        results: dict[int, EditResult] = {}
+        for indices in groups.values():
+            group = [batch[i] for i in indices]
+            try:
+                outcome = self._run_group(group, on_step, should_cancel)
+            except (Flux2Error, torch.OutOfMemoryError):
+                raise  # ours already; OOM is for the worker to split and retry
+            except Exception as exc:
+                logger.exception("FLUX.2 failed on %s", [r.request_id for r in group])
+                raise GenerationFailed(f"generation failed: {exc}") from exc
+            results.update(zip(indices, outcome, strict=True))
+        return [results[i] for i in range(len(batch))]
+
+    @torch.no_grad()
+    def _run_group(
+        self,
+        requests: list[EditRequest],
+        on_step: StepCallback | None,
+        should_cancel: CancelCheck | None,
+    ) -> list[EditResult]:
+        pipe = self.pipe
+        device = pipe._execution_device
+        schedule = self.config.schedule
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+
+        # 1. Reference images: resize to about 1 MP on the 16-pixel grid, then exactly what
+        #    Flux2Pipeline.__call__ does to each reference.
+        references = [self._resize_references(request) for request in requests]
+
+        # 2. Prompt expansion (caption upsampling with the Mistral text encoder), seeded.
+        prompts_used = [
+            self._expand(request) if request.enable_prompt_expansion else request.prompt
+            for request in requests
+        ]
+        timings["prompt_expansion"] = time.perf_counter() - started
+
+        # 3. Text embeddings, one prompt at a time, repeated per output image.
+        mark = time.perf_counter()
+        owners = [i for i, r in enumerate(requests) for _ in range(r.num_images)]
+        embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for prompt in dict.fromkeys(prompts_used):
+            embeddings[prompt] = pipe.encode_prompt(
+                prompt=prompt,
+                device=device,
+                num_images_per_prompt=1,
+                max_sequence_length=self.config.max_sequence_length,
+            )
+        prompt_embeds = torch.cat([embeddings[prompts_used[i]][0] for i in owners])
+        text_ids = torch.cat([embeddings[prompts_used[i]][1] for i in owners])
+
+        # 4. Reference latents, encoded per request and repeated per output image.
+        image_parts = [
+            pipe.prepare_image_latents(
+                images=refs,
+                batch_size=request.num_images,
+                generator=None,
+                device=device,
+                dtype=pipe.vae.dtype,
+            )
+            for request, refs in zip(requests, references, strict=True)
+        ]
+        timings["encode"] = time.perf_counter() - mark
+
+        # 5. Noise: one CPU generator per output image, seeded seed + k.
+        generators = [
+            torch.Generator("cpu").manual_seed(request.seed + k)
+            for request in requests
+            for k in range(request.num_images)
+        ]
+        canvas = requests[0].size.generation
+        latents, latent_ids = pipe.prepare_latents(
+            batch_size=len(owners),
+            num_latents_channels=pipe.transformer.config.in_channels // 4,
+            height=canvas.height,
+            width=canvas.width,
+            dtype=prompt_embeds.dtype,
+            device=device,
+            generator=generators,
+        )
+        rows = _Rows(
+            owners=owners,
+            latents=latents,
+            latent_ids=latent_ids,
+            image_latents=torch.cat([part[0] for part in image_parts]),
+            image_ids=torch.cat([part[1] for part in image_parts]),
+            prompt_embeds=prompt_embeds,
+            text_ids=text_ids,
+            guidance=torch.tensor(
+                [requests[i].guidance_scale for i in owners], device=device, dtype=torch.float32
+            ),
+        )
+
+        # 6. Timesteps: the schedule's sigmas *and* its step count, as the Turbo recipe passes.
+        steps = schedule.num_inference_steps
+        sigmas = (
+            list(schedule.sigmas)
+            if schedule.sigmas is not None
+            else np.linspace(1.0, 1 / steps, steps)
+        )
+        mu = compute_empirical_mu(image_seq_len=latents.shape[1], num_steps=steps)
+        timesteps, steps = retrieve_timesteps(pipe.scheduler, steps, device, sigmas=sigmas, mu=mu)
+
+        # 7. Denoising loop, dropping cancelled requests before every step.
+        mark = time.perf_counter()
+        alive = set(range(len(requests)))
+        pipe.scheduler.set_begin_index(0)
+        try:
+            for i, t in enumerate(timesteps):
+                alive = self._still_wanted(requests, alive, should_cancel, rows)
+                rows.latents = self._step(pipe, rows, t)
+                if on_step is not None:
+                    on_step(StepEvent(i + 1, steps, tuple(requests[j].request_id for j in alive)))
+            alive = self._still_wanted(requests, alive, should_cancel, rows)
+        except _Cancelled:
+            alive = set()
+        timings["denoise"] = time.perf_counter() - mark
+
+        # 8. Decode what is left.
+        mark = time.perf_counter()
+        images: dict[int, list[Image.Image]] = {i: [] for i in alive}
+        if alive:
+            for owner, image in zip(rows.owners, self._decode(pipe, rows), strict=True):
+                images[owner].append(_crop(image, requests[owner].size))
+        timings["decode"] = time.perf_counter() - mark
+        timings["inference"] = time.perf_counter() - started
+
+        return [
+            EditResult(
+                request_id=request.request_id,
+                images=tuple(images.get(i, ())),
+                prompt=prompts_used[i],
+                seed=request.seed,
+                timings=dict(timings),
+                cancelled=i not in alive,
+            )
+            for i, request in enumerate(requests)
+        ]
+
+    # -- the steps ---------------------------------------------------------------------------
+
+    def _resize_references(self, request: EditRequest) -> list[torch.Tensor]:
+        processor = self.pipe.image_processor
+        tensors = []
+        for image, size in zip(
+            request.images, request.reference_sizes(self.config.reference_pixels), strict=True
+        ):
+            resized = self.resize_reference(image, size)
+            processor.check_image_input(resized)
+            tensors.append(
+                processor.preprocess(
+                    resized, height=size.height, width=size.width, resize_mode="crop"
+                )
+            )
+        return tensors
+
+    @staticmethod
+    def resize_reference(image: Image.Image, size: ImageSize) -> Image.Image:
+        """The reference exactly as the engine feeds it to the pipeline (RGB, ``size``)."""
+        image = image.convert("RGB")
+        if image.size != (size.width, size.height):
+            image = image.resize((size.width, size.height), Image.Resampling.LANCZOS)
+        return image
+
+    def _expand(self, request: EditRequest) -> str:
+        sizes = request.reference_sizes(self.config.reference_pixels)
+        pil_refs = [
+            self.resize_reference(im, s) for im, s in zip(request.images, sizes, strict=True)
+        ]
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(request.seed)
+            expanded = self.pipe.upsample_prompt(
+                request.prompt,
+                images=[pil_refs],
+                temperature=self.config.expansion_temperature,
+                device=self.device,
+            )
+        text = expanded[0].strip() if expanded else ""
+        return text or request.prompt
+
+    @staticmethod
+    def _still_wanted(
+        requests: list[EditRequest],
+        alive: set[int],
+        should_cancel: CancelCheck | None,
+        rows: _Rows,
+    ) -> set[int]:
+        if should_cancel is None:
+            return alive
+        wanted = {i for i in alive if not should_cancel(requests[i].request_id)}
+        if not wanted:
+            raise _Cancelled
+        rows.keep(wanted)
+        return wanted
+
+    @staticmethod
+    def _step(pipe: Flux2Pipeline, rows: _Rows, t: torch.Tensor) -> torch.Tensor:
+        latents = rows.latents
+        timestep = t.expand(latents.shape[0]).to(latents.dtype)
+        model_input = torch.cat([latents, rows.image_latents], dim=1).to(pipe.transformer.dtype)
+        noise_pred = pipe.transformer(
+            hidden_states=model_input,
+            timestep=timestep / 1000,
+            guidance=rows.guidance,
+            encoder_hidden_states=rows.prompt_embeds,
+            txt_ids=rows.text_ids,
+            img_ids=torch.cat([rows.latent_ids, rows.image_ids], dim=1),
+            joint_attention_kwargs=None,
+            return_dict=False,
+        )[0]
+        noise_pred = noise_pred[:, : latents.size(1) :]
+        return pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
+
+    @staticmethod
+    def _decode(pipe: Flux2Pipeline, rows: _Rows) -> list[Image.Image]:
+        latents = pipe._unpack_latents_with_ids(rows.latents, rows.latent_ids)
+        bn = pipe.vae.bn
+        mean = bn.running_mean.view(1, -1, 1, 1).to(latents.device, latents.dtype)
+        std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps).to(
+            latents.device, latents.dtype
+        )
+        latents = pipe._unpatchify_latents(latents * std + mean)
+        decoded = pipe.vae.decode(latents, return_dict=False)[0]
+        images: list[Image.Image] = pipe.image_processor.postprocess(decoded, output_type="pil")
+        return images
+
+
+def _crop(image: Image.Image, size: ImageSize) -> Image.Image:
+    """Centre-crop the 16-pixel-grid canvas to the exact size asked for."""
+    if image.size == (size.width, size.height):
+        return image
+    left = (image.width - size.width) // 2
+    top = (image.height - size.height) // 2
+    return image.crop((left, top, left + size.width, top + size.height))
+
+
+def _fuse_lora(pipe: Flux2Pipeline, path: Path, scale: float) -> None:
+    if not path.is_file():
+        raise WeightsError(f"LoRA file {path} does not exist")
+    try:
+        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="flash")
+        pipe.fuse_lora(lora_scale=scale, adapter_names=["flash"])
+        pipe.unload_lora_weights()
+    except Exception as exc:
+        raise WeightsError(f"cannot fuse LoRA {path}: {exc}") from exc
+    logger.info("fused LoRA %s (scale %s)", path, scale)
+
+
+def quiet_libraries() -> None:
+    """Silence diffusers' loading bars and transformers' chatter; our logs say what matters."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise WeightsError(f"device {name!r} asked for, but CUDA is not available here")
+    return device
+
+
+def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in _DTYPES:
+        raise WeightsError(f"unknown dtype {name!r}: use auto, {', '.join(_DTYPES)}")
+    return _DTYPES[name]
+
+
+__all__ = ["Flux2Engine", "Flux2EngineConfig", "quiet_libraries"]

@@ -1,0 +1,50 @@
+"""The engine seam: what the worker needs from any image-edit engine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback
+
+
+@runtime_checkable
+class EditEngine(Protocol):
+    """An image-edit engine. The lifecycle is ``load()`` once, ``warmup()``, then ``run()``.
+
+    Implementations: :class:`pipelines.flux2.Flux2Engine` (the real diffusers pipeline, tiny or
+    full weights) and :class:`pipelines.fake.FakeEngine` (deterministic and instant, for tests).
+    """
+
+    @property
+    def num_steps(self) -> int:
+        """Denoising steps per call; progress events count up to this."""
+        ...
+
+    def load(self) -> None:
+        """Load weights. Raises ``WeightsError`` when they are missing or unreadable."""
+        ...
+
+    def warmup(self) -> None:
+        """Run one small edit so the first real request does not pay for lazy initialisation."""
+        ...
+
+    def run(
+        self,
+        batch: Sequence[EditRequest],
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> list[EditResult]:
+        """Run a batch of edits; return one result per request, in order.
+
+        Args:
+            batch: the requests. Requests that cannot share tensors are run in sub-batches.
+            on_step: called once per denoising step of every sub-batch.
+            should_cancel: asked once per step for each running request; a request for which it
+                answers True stops at once (no decode) and comes back with ``cancelled=True``.
+
+        Raises:
+            InvalidRequest: a request is malformed; raised before any model work.
+            GenerationFailed: the model failed; the whole call failed, nothing is returned.
+        """
+        ...

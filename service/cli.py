@@ -1,0 +1,301 @@
+"""The ``flux2-edit`` command line.
+
+Every option has a ``FLUX2_*`` environment variable (see :class:`service.settings.Settings`); an
+option given on the command line wins. Heavy imports (torch, diffusers) happen only inside the
+commands that need a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.errors import ConfigError, Flux2Error, InvalidRequest
+from service.settings import Settings
+
+logger = logging.getLogger("flux2-edit")
+
+# argparse dest -> Settings field, for the options that are settings.
+_SETTINGS_OPTIONS = {
+    "model": "model",
+    "device": "device",
+    "dtype": "dtype",
+    "lora": "lora_path",
+    "lora_scale": "lora_scale",
+    "schedule": "schedule",
+    "reference_pixels": "reference_pixels",
+    "cache_dir": "cache_dir",
+    "host": "host",
+    "port": "port",
+    "ssl_certfile": "ssl_certfile",
+    "ssl_keyfile": "ssl_keyfile",
+    "public_url": "public_url",
+}
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model (each also FLUX2_<NAME>)")
+    group.add_argument("--model", help="checkpoint directory, or 'tiny' (FLUX2_MODEL)")
+    group.add_argument("--device", help="auto, cpu, cuda or cuda:N (FLUX2_DEVICE)")
+    group.add_argument("--dtype", help="auto, float32, bfloat16 or float16 (FLUX2_DTYPE)")
+    group.add_argument("--lora", help="distilled LoRA file to fuse (FLUX2_LORA_PATH)")
+    group.add_argument("--lora-scale", type=float, help="weight of the LoRA (FLUX2_LORA_SCALE)")
+    group.add_argument("--schedule", help="turbo, dev-28, dev-50 or sigmas (FLUX2_SCHEDULE)")
+    group.add_argument("--reference-pixels", type=int, help="reference images resized to ~N pixels")
+    group.add_argument("--cache-dir", help="where the tiny checkpoint is built (FLUX2_CACHE_DIR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flux2-edit",
+        description="Self-hosted FLUX.2 [dev] image editing with a fal.ai-compatible API.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="all-in-one: the fal-compatible API plus an in-process GPU worker"
+    )
+    serve.add_argument("--host", help="bind address (FLUX2_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (FLUX2_PORT, default 8000)")
+    serve.add_argument("--ssl-certfile", help="TLS certificate: serve https (FLUX2_SSL_CERTFILE)")
+    serve.add_argument("--ssl-keyfile", help="TLS private key (FLUX2_SSL_KEYFILE)")
+    serve.add_argument(
+        "--public-url", help="base URL clients use, for response and file URLs (FLUX2_PUBLIC_URL)"
+    )
+    _model_options(serve)
+    serve.set_defaults(handler=_cmd_serve)
+
+    cert = commands.add_parser(
+        "cert", help="write a self-signed cert.pem and key.pem for 127.0.0.1 and localhost"
+    )
+    cert.add_argument("--out", type=Path, default=Path("certs"), help="folder (./certs)")
+    cert.set_defaults(handler=_cmd_cert)
+
+    edit = commands.add_parser("edit", help="one-shot local edit with a progress bar, no server")
+    edit.add_argument(
+        "--image", action="append", required=True, help="PATH or URL; repeat for up to 4"
+    )
+    edit.add_argument("--prompt", required=True, help="what to change, e.g. 'make it #FF5733'")
+    edit.add_argument(
+        "--out", default="out.png", help="output file; .png, .jpg/.jpeg or .webp (out.png)"
+    )
+    edit.add_argument("--seed", type=int, help="random seed (random when left out)")
+    edit.add_argument(
+        "--image-size", default="square_hd", help="a fal preset or WIDTHxHEIGHT (square_hd)"
+    )
+    edit.add_argument("--num-images", type=int, default=1, help="1..4 images (1)")
+    edit.add_argument("--guidance-scale", type=float, help="0..20 (the schedule's default)")
+    edit.add_argument(
+        "--expand-prompt", action="store_true", help="expand the prompt with the text encoder"
+    )
+    _model_options(edit)
+    edit.set_defaults(handler=_cmd_edit)
+
+    weights = commands.add_parser("weights", help="build, download or verify checkpoints")
+    weight_commands = weights.add_subparsers(dest="weights_command", required=True)
+    tiny = weight_commands.add_parser(
+        "tiny", help="build the tiny random-weight FLUX.2 checkpoint offline"
+    )
+    tiny.add_argument("dir", type=Path)
+    tiny.set_defaults(handler=_cmd_weights_tiny)
+    download = weight_commands.add_parser(
+        "download", help="fetch FLUX.2 [dev] and the Turbo LoRA (needs network and HF_TOKEN)"
+    )
+    download.add_argument("--dest", type=Path, default=Path("models"), help="(./models)")
+    download.add_argument("--no-lora", action="store_true", help="skip the Turbo LoRA")
+    download.set_defaults(handler=_cmd_weights_download)
+    verify = weight_commands.add_parser("verify", help="check a checkpoint against the manifest")
+    verify.add_argument("dir", type=Path)
+    verify.set_defaults(handler=_cmd_weights_verify)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, overridden by the options given on the command line."""
+    overrides: dict[str, Any] = {
+        field: getattr(args, dest)
+        for dest, field in _SETTINGS_OPTIONS.items()
+        if getattr(args, dest, None) is not None
+    }
+    return Settings(**overrides)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def _cmd_edit(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pipelines.schedules import parse_schedule
+    from pipelines.sizes import parse_image_size
+    from pipelines.types import EditRequest
+    from service.engines import create_engine
+    from service.inputs import load_image
+    from service.outputs import OutputFormat, encode_image
+
+    settings = settings_from_args(args)
+    out = Path(args.out)
+    try:
+        fmt = OutputFormat.from_suffix(out.suffix)
+    except ValueError:
+        raise InvalidRequest(
+            f"--out {out}: use a .png, .jpg, .jpeg or .webp file name", loc=("out",)
+        ) from None
+    size = parse_image_size(args.image_size)
+    images = tuple(
+        load_image(source, index=i, allow_local=True) for i, source in enumerate(args.image)
+    )
+    engine = create_engine(settings, progress=_say)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    guidance = args.guidance_scale
+    if guidance is None:
+        guidance = parse_schedule(settings.schedule).default_guidance
+    request = EditRequest(
+        request_id="cli",
+        prompt=args.prompt,
+        images=images,
+        size=size,
+        seed=seed,
+        num_images=args.num_images,
+        guidance_scale=guidance,
+        enable_prompt_expansion=args.expand_prompt,
+    )
+    with tqdm(total=engine.num_steps, desc="denoising", unit="step", file=sys.stderr) as bar:
+        (result,) = engine.run([request], on_step=lambda event: bar.update(1))
+    written = []
+    for k, image in enumerate(result.images):
+        path = out if len(result.images) == 1 else out.with_name(f"{out.stem}-{k}{out.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_image(image, fmt))
+        written.append(path)
+    for path in written:
+        print(path)
+    _say(
+        f"seed {seed}, {result.timings.get('inference', 0.0):.2f} s"
+        + (f", prompt: {result.prompt}" if args.expand_prompt else "")
+    )
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.engines import create_engine
+    from service.queue.memory import InMemoryJobQueue
+    from service.storage.local import LocalArtifactStore
+    from service.webhooks import WebhookSender
+    from service.worker import Worker, WorkerOptions
+
+    settings = settings_from_args(args)
+    if (settings.ssl_certfile is None) != (settings.ssl_keyfile is None):
+        raise ConfigError("--ssl-certfile and --ssl-keyfile go together")
+    logging.getLogger().setLevel(settings.log_level.upper())
+    queue = InMemoryJobQueue(
+        max_queued=settings.max_queue_length, result_ttl=settings.result_ttl_seconds
+    )
+    store = LocalArtifactStore(settings.files_root)
+    webhooks = WebhookSender(
+        attempts=settings.webhook_attempts, backoff=settings.webhook_backoff_seconds
+    )
+    worker = Worker(
+        lambda: create_engine(settings, progress=logger.info),
+        queue,
+        store,
+        webhooks=webhooks,
+        options=WorkerOptions(
+            max_batch_images=settings.max_batch_images,
+            reference_pixels=settings.reference_pixels,
+        ),
+    )
+    app = create_app(settings, queue=queue, store=store, worker=worker, webhooks=webhooks)
+    scheme = "https" if settings.ssl_certfile else "http"
+    _say(f"flux2-edit: serving on {scheme}://{settings.host}:{settings.port} (model loading…)")
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
+        ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
+        log_level=settings.log_level,
+    )
+    return 0
+
+
+def _cmd_cert(args: argparse.Namespace) -> int:
+    from service.tls import write_self_signed
+
+    for path in write_self_signed(args.out):
+        print(path)
+    return 0
+
+
+def _cmd_weights_tiny(args: argparse.Namespace) -> int:
+    from weights.tiny import build_tiny_checkpoint
+
+    path = build_tiny_checkpoint(args.dir, progress=_say)
+    print(path)
+    return 0
+
+
+def _cmd_weights_download(args: argparse.Namespace) -> int:
+    from weights.download import download
+
+    path = download(args.dest, include_lora=not args.no_lora, progress=_say)
+    print(path)
+    return 0
+
+
+def _cmd_weights_verify(args: argparse.Namespace) -> int:
+    from weights.verify import verify
+
+    report = verify(args.dir)
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+# -- entry point -----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ValidationError as exc:
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"])
+            _say(f"flux2-edit: invalid setting {where}: {error['msg']}")
+        return 2
+    except InvalidRequest as exc:
+        for problem in exc.problems:
+            where = ".".join(str(part) for part in problem.loc if part != "body")
+            _say(f"flux2-edit: {where}: {problem.msg}" if where else f"flux2-edit: {problem.msg}")
+        return 2
+    except Flux2Error as exc:
+        _say(f"flux2-edit: {exc.message}")
+        return 1
+    except KeyboardInterrupt:
+        _say("flux2-edit: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""Builds the engine the settings ask for. torch is imported here lazily, never at import time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipelines.schedules import parse_schedule
+from service.errors import ConfigError
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from pipelines.protocol import EditEngine
+
+TINY = "tiny"
+
+
+def resolve_model_path(settings: Settings, progress: Callable[[str], None] | None = None) -> Path:
+    """The local checkpoint directory for ``settings.model``; builds the tiny one on first use."""
+    if settings.model is None:
+        raise ConfigError("no model given: pass --model PATH|tiny or set FLUX2_MODEL")
+    if settings.model == TINY:
+        from weights.tiny import ensure_tiny_checkpoint
+
+        if progress is not None:
+            progress("using the tiny random-weight FLUX.2 checkpoint")
+        return ensure_tiny_checkpoint(settings.cache_dir / "models")
+    return Path(settings.model).expanduser()
+
+
+def create_engine(settings: Settings, progress: Callable[[str], None] | None = None) -> EditEngine:
+    """A loaded FLUX.2 engine for ``settings`` (weights read from local disk only)."""
+    from pipelines.flux2 import Flux2Engine, Flux2EngineConfig, quiet_libraries
+
+    quiet_libraries()
+    engine = Flux2Engine(
+        Flux2EngineConfig(
+            model_path=resolve_model_path(settings, progress),
+            device=settings.device,
+            dtype=settings.dtype,
+            lora_path=settings.lora_path,
+            lora_scale=settings.lora_scale,
+            schedule=parse_schedule(settings.schedule),
+            reference_pixels=settings.reference_pixels,
+        )
+    )
+    if progress is not None:
+        progress(f"loading FLUX.2 from {engine.config.model_path}")
+    engine.load()
+    return engine

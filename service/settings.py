@@ -1,0 +1,101 @@
+"""The one settings object: every option, read once from ``FLUX2_*`` variables and the CLI.
+
+Build it once in the command's ``main`` (``Settings()`` reads the environment; the CLI passes its
+options as keyword arguments, which win) and pass it down. No other module reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipelines.schedules import DEFAULT_SCHEDULE, parse_schedule
+from pipelines.sizes import REFERENCE_PIXELS
+from service.errors import ConfigError
+
+
+def _default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "flux2-edit"
+
+
+class Settings(BaseSettings):
+    """flux2-edit's configuration (environment prefix ``FLUX2_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="FLUX2_", extra="forbid", frozen=True)
+
+    model: str | None = Field(
+        default=None,
+        description="A local FLUX.2 checkpoint directory (diffusers layout), or 'tiny' for the "
+        "offline random-weight test checkpoint (built once into cache_dir).",
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Where the tiny checkpoint and other caches live.",
+    )
+    device: str = Field(
+        default="auto", description="auto (CUDA if available, else CPU), cpu, cuda or cuda:N."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto = bfloat16 on CUDA, float32 on CPU."
+    )
+    lora_path: Path | None = Field(
+        default=None,
+        description="Distilled LoRA file fused at load time, e.g. flux.2-turbo-lora.safetensors.",
+    )
+    lora_scale: float = Field(default=1.0, description="Weight of the fused LoRA.")
+    schedule: str = Field(
+        default=DEFAULT_SCHEDULE,
+        description="Flash step schedule: a name (turbo, dev-28, dev-50) or sigmas like 1,0.5,0.1",
+    )
+    reference_pixels: int = Field(
+        default=REFERENCE_PIXELS,
+        ge=64 * 64,
+        le=2048 * 2048,
+        description="Reference images are resized to about this many pixels (fal: 1 MP).",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Port the HTTP server binds.")
+    ssl_certfile: Path | None = Field(
+        default=None, description="TLS certificate (PEM); with ssl_keyfile, serve https."
+    )
+    ssl_keyfile: Path | None = Field(default=None, description="TLS private key (PEM).")
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL clients reach this server at, used in response_url, status_url "
+        "and file URLs. Default: taken from each request (its scheme and Host header).",
+    )
+    files_dir: Path | None = Field(
+        default=None, description="Where output images are stored (default: cache_dir/files)."
+    )
+    result_ttl_seconds: float = Field(
+        default=3600.0, gt=0, description="How long results and their files are kept (fal: 1 h)."
+    )
+    max_queue_length: int = Field(
+        default=1000, ge=1, description="Requests waiting beyond this are answered 429."
+    )
+    max_batch_images: int = Field(
+        default=4, ge=1, description="Most output images one engine call produces."
+    )
+    webhook_attempts: int = Field(default=6, ge=1, description="Deliveries tried per webhook.")
+    webhook_backoff_seconds: float = Field(
+        default=2.0, ge=0, description="First retry delay of a webhook; doubles each attempt."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Logging level."
+    )
+
+    @property
+    def files_root(self) -> Path:
+        return self.files_dir if self.files_dir is not None else self.cache_dir / "files"
+
+    @field_validator("schedule")
+    @classmethod
+    def _known_schedule(cls, value: str) -> str:
+        try:
+            parse_schedule(value)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from exc
+        return value

@@ -1,0 +1,329 @@
+"""The FLUX.2 engine on the real tiny Flux2Pipeline (CPU, float32)."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import Flux2Pipeline
+from PIL import Image
+
+from pipelines.flux2 import Flux2Engine, Flux2EngineConfig
+from pipelines.protocol import EditEngine
+from pipelines.schedules import TURBO_SIGMAS, parse_schedule
+from pipelines.sizes import PRESETS, ImageSize
+from pipelines.types import EditRequest, StepEvent
+from service.errors import InvalidRequest, WeightsError
+
+pytestmark = pytest.mark.slow
+
+REF_PIXELS = 128 * 128
+TWO_STEPS = parse_schedule("1.0,0.5")
+SMALL = ImageSize(128, 128)
+
+
+def noise_image(width: int, height: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB")).astype(np.int16)
+
+
+def max_diff(a: Image.Image, b: Image.Image) -> int:
+    return int(np.abs(pixels(a) - pixels(b)).max())
+
+
+def request(
+    request_id: str = "r1",
+    *,
+    prompt: str = "make the car #FF0000",
+    images: tuple[Image.Image, ...] | None = None,
+    size: ImageSize = SMALL,
+    seed: int = 7,
+    num_images: int = 1,
+    guidance: float = 2.5,
+    expand: bool = False,
+) -> EditRequest:
+    return EditRequest(
+        request_id=request_id,
+        prompt=prompt,
+        images=images if images is not None else (noise_image(128, 96, 1),),
+        size=size,
+        seed=seed,
+        num_images=num_images,
+        guidance_scale=guidance,
+        enable_prompt_expansion=expand,
+    )
+
+
+def make_engine(checkpoint: Path, **overrides: object) -> Flux2Engine:
+    config = Flux2EngineConfig(model_path=checkpoint, reference_pixels=REF_PIXELS)
+    engine = Flux2Engine(dataclasses.replace(config, **overrides))  # type: ignore[arg-type]
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_checkpoint: Path) -> Flux2Engine:
+    return make_engine(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def fast_engine(tiny_checkpoint: Path) -> Flux2Engine:
+    return make_engine(tiny_checkpoint, schedule=TWO_STEPS)
+
+
+@pytest.fixture(scope="module")
+def direct_pipe(tiny_checkpoint: Path) -> Flux2Pipeline:
+    pipe = Flux2Pipeline.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_engine_satisfies_the_protocol(engine: Flux2Engine) -> None:
+    assert isinstance(engine, EditEngine)
+    assert engine.num_steps == 8
+    assert engine.dtype == torch.float32
+
+
+def test_pixel_parity_with_a_direct_pipeline_call(
+    engine: Flux2Engine, direct_pipe: Flux2Pipeline
+) -> None:
+    refs = (noise_image(128, 96, 1), noise_image(80, 120, 2))
+    edit = request(images=refs, num_images=2, seed=11)
+    (result,) = engine.run([edit])
+
+    sizes = edit.reference_sizes(REF_PIXELS)
+    direct = direct_pipe(
+        image=[Flux2Engine.resize_reference(im, s) for im, s in zip(refs, sizes, strict=True)],
+        prompt=edit.prompt,
+        height=128,
+        width=128,
+        num_inference_steps=8,
+        sigmas=list(TURBO_SIGMAS),
+        guidance_scale=2.5,
+        num_images_per_prompt=2,
+        generator=[torch.Generator("cpu").manual_seed(11), torch.Generator("cpu").manual_seed(12)],
+    ).images
+    assert len(result.images) == 2
+    for ours, theirs in zip(result.images, direct, strict=True):
+        assert ours.size == theirs.size == (128, 128)
+        assert max_diff(ours, theirs) == 0
+    # The two images of one request really are different draws.
+    assert max_diff(result.images[0], result.images[1]) > 0
+
+
+def test_same_seed_same_pixels_and_other_seed_other_pixels(fast_engine: Flux2Engine) -> None:
+    (a,) = fast_engine.run([request(seed=3)])
+    (b,) = fast_engine.run([request(seed=3)])
+    (c,) = fast_engine.run([request(seed=4)])
+    assert max_diff(a.images[0], b.images[0]) == 0
+    assert max_diff(a.images[0], c.images[0]) > 0
+
+
+def test_batch_rows_do_not_depend_on_their_neighbours(engine: Flux2Engine) -> None:
+    first = request("a", seed=5, num_images=2)
+    second = request(
+        "b", prompt="paint it #00FF00", images=(noise_image(120, 90, 9),), seed=99, guidance=4.0
+    )
+    (alone_a,) = engine.run([first])
+    (alone_b,) = engine.run([second])
+    together = engine.run([first, second])
+    assert [r.request_id for r in together] == ["a", "b"]
+    for ours, theirs in zip(together[0].images, alone_a.images, strict=True):
+        assert max_diff(ours, theirs) <= 1  # kernel blocking differs across batch shapes
+    assert max_diff(together[1].images[0], alone_b.images[0]) <= 1
+    assert max_diff(together[0].images[0], together[1].images[0]) > 10
+
+
+def test_incompatible_requests_run_in_sub_batches(fast_engine: Flux2Engine) -> None:
+    small = request("small", size=ImageSize(64, 64))
+    large = request("large", size=ImageSize(128, 96), images=(noise_image(64, 64, 3),) * 2)
+    events: list[StepEvent] = []
+    results = fast_engine.run([small, large], on_step=events.append)
+    assert [r.images[0].size for r in results] == [(64, 64), (128, 96)]
+    assert [e.request_ids for e in events] == [("small",), ("small",), ("large",), ("large",)]
+
+
+@pytest.mark.parametrize("count", [1, 4])
+def test_one_and_four_reference_images(fast_engine: Flux2Engine, count: int) -> None:
+    refs = tuple(noise_image(96 + 16 * i, 96, i) for i in range(count))
+    (result,) = fast_engine.run([request(images=refs)])
+    assert len(result.images) == 1
+    assert result.images[0].size == (128, 128)
+    assert pixels(result.images[0]).std() > 1  # a picture, not a blank canvas
+
+
+def test_more_references_change_the_output(fast_engine: Flux2Engine) -> None:
+    refs = tuple(noise_image(96, 96, i) for i in range(4))
+    (one,) = fast_engine.run([request(images=refs[:1])])
+    (four,) = fast_engine.run([request(images=refs)])
+    assert max_diff(one.images[0], four.images[0]) > 0
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_size_preset(fast_engine: Flux2Engine, preset: str) -> None:
+    size = PRESETS[preset]
+    (result,) = fast_engine.run([request(size=size, images=(noise_image(64, 64, 0),))])
+    assert result.images[0].size == (size.width, size.height)
+
+
+def test_custom_size_off_the_16_pixel_grid_is_exact_and_centre_cropped(
+    fast_engine: Flux2Engine,
+) -> None:
+    (odd,) = fast_engine.run([request(size=ImageSize(120, 100))])
+    (grid,) = fast_engine.run([request(size=ImageSize(128, 112))])
+    assert odd.images[0].size == (120, 100)
+    expected = grid.images[0].crop((4, 6, 124, 106))
+    assert max_diff(odd.images[0], expected) == 0
+
+
+def test_one_progress_event_per_step(engine: Flux2Engine) -> None:
+    events: list[StepEvent] = []
+    engine.run([request("p1"), request("p2", seed=8)], on_step=events.append)
+    assert [(e.step, e.total) for e in events] == [(i, 8) for i in range(1, 9)]
+    assert all(e.request_ids == ("p1", "p2") for e in events)
+
+
+def test_cancellation_stops_at_once_without_decoding(
+    engine: Flux2Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[StepEvent] = []
+    decodes: list[int] = []
+    real_decode = Flux2Engine._decode
+
+    def counting_decode(pipe: Flux2Pipeline, rows: object) -> list[Image.Image]:
+        decodes.append(1)
+        return real_decode(pipe, rows)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Flux2Engine, "_decode", staticmethod(counting_decode))
+    (result,) = engine.run(
+        [request("c1")],
+        on_step=events.append,
+        should_cancel=lambda request_id: len(events) >= 3,
+    )
+    assert result.cancelled
+    assert result.images == ()
+    assert len(events) == 3
+    assert decodes == []
+
+
+def test_cancelling_one_request_lets_the_rest_of_the_batch_finish(engine: Flux2Engine) -> None:
+    events: list[StepEvent] = []
+    keep = request("keep", seed=21)
+    drop = request("drop", seed=22, num_images=2)
+    (alone,) = engine.run([keep])
+    results = engine.run(
+        [drop, keep],
+        on_step=events.append,
+        should_cancel=lambda request_id: request_id == "drop" and len(events) >= 2,
+    )
+    assert results[0].cancelled
+    assert results[0].images == ()
+    assert not results[1].cancelled
+    assert max_diff(results[1].images[0], alone.images[0]) <= 1
+    assert events[1].request_ids == ("drop", "keep")
+    assert events[2].request_ids == ("keep",)
+    assert len(events) == 8
+
+
+def test_prompt_expansion_returns_the_expanded_prompt(fast_engine: Flux2Engine) -> None:
+    refs = (noise_image(96, 96, 1), noise_image(112, 96, 2))  # 2 refs: the 0.42.1 bug path
+    (expanded,) = fast_engine.run([request(images=refs, expand=True, seed=1)])
+    (again,) = fast_engine.run([request(images=refs, expand=True, seed=1)])
+    assert expanded.prompt
+    assert expanded.prompt != "make the car #FF0000"
+    assert again.prompt == expanded.prompt  # seeded: the same request expands the same way
+    assert expanded.images[0].size == (128, 128)
+    assert expanded.timings["prompt_expansion"] > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"images": ()}, "image_urls"),
+        ({"images": (Image.new("RGB", (64, 64)),) * 5}, "image_urls"),
+        ({"num_images": 5}, "num_images"),
+        ({"guidance": 21.0}, "guidance_scale"),
+        ({"prompt": "   "}, "prompt"),
+        ({"images": (Image.new("RGB", (900, 100)),)}, "image_urls"),
+    ],
+)
+def test_bad_requests_fail_before_any_model_work(
+    fast_engine: Flux2Engine, change: dict[str, object], field: str
+) -> None:
+    events: list[StepEvent] = []
+    with pytest.raises(InvalidRequest) as caught:
+        fast_engine.run([request("ok"), request("bad", **change)], on_step=events.append)  # type: ignore[arg-type]
+    assert caught.value.problems[0].loc[1] == field
+    assert events == []
+
+
+def test_missing_checkpoint_is_a_weights_error(tmp_path: Path) -> None:
+    engine = Flux2Engine(Flux2EngineConfig(model_path=tmp_path / "nowhere"))
+    with pytest.raises(WeightsError, match="model_index.json"):
+        engine.load()
+
+
+@pytest.fixture
+def network_blocked(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    attempts: list[object] = []
+
+    def refuse(self: socket.socket, address: object) -> None:
+        attempts.append(address)
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # prove we do not rely on it
+    return attempts
+
+
+def test_loads_and_runs_with_the_network_blocked(
+    tiny_checkpoint: Path, network_blocked: list[object]
+) -> None:
+    engine = make_engine(tiny_checkpoint, schedule=TWO_STEPS)
+    (result,) = engine.run([request()])
+    assert result.images[0].size == (128, 128)
+    assert network_blocked == []
+
+
+def test_lora_is_fused_at_load_time(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    pipe = Flux2Pipeline.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    lora: dict[str, torch.Tensor] = {}
+    for name, module in pipe.transformer.named_modules():
+        if name.endswith(("attn.to_q", "attn.to_v")) and isinstance(module, torch.nn.Linear):
+            rank = 4
+            lora[f"transformer.{name}.lora_A.weight"] = torch.randn(
+                rank, module.in_features, generator=generator
+            )
+            lora[f"transformer.{name}.lora_B.weight"] = torch.randn(
+                module.out_features, rank, generator=generator
+            )
+    assert lora, "the tiny transformer has attention projections to adapt"
+    path = tmp_path / "flash-lora.safetensors"
+    save_file(lora, str(path))
+
+    base = make_engine(tiny_checkpoint, schedule=TWO_STEPS)
+    fused = make_engine(tiny_checkpoint, schedule=TWO_STEPS, lora_path=path)
+    zero = make_engine(tiny_checkpoint, schedule=TWO_STEPS, lora_path=path, lora_scale=0.0)
+    (plain,) = base.run([request()])
+    (with_lora,) = fused.run([request()])
+    (with_zero,) = zero.run([request()])
+    assert max_diff(plain.images[0], with_lora.images[0]) > 0
+    assert max_diff(plain.images[0], with_zero.images[0]) == 0
+    assert not any("lora" in n for n, _ in fused.pipe.transformer.named_parameters())
+
+
+def test_missing_lora_file_is_a_weights_error(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="LoRA"):
+        make_engine(tiny_checkpoint, lora_path=tmp_path / "absent.safetensors")

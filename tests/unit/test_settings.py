@@ -1,0 +1,135 @@
+"""Settings: defaults, FLUX2_* environment and keyword overrides (service/settings.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.upper().startswith("FLUX2_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+def test_defaults(tmp_path: Path) -> None:
+    settings = Settings()
+    assert settings.model is None
+    assert settings.cache_dir == tmp_path / "home" / ".cache" / "flux2-edit"
+    assert settings.device == "auto"
+    assert settings.dtype == "auto"
+    assert settings.lora_path is None
+    assert settings.lora_scale == 1.0
+    assert settings.schedule == "turbo"
+    assert settings.reference_pixels == 1024 * 1024
+    assert settings.host == "127.0.0.1"
+    assert settings.port == 8000
+    assert settings.log_level == "info"
+
+
+def test_environment_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("FLUX2_MODEL", "tiny")
+    monkeypatch.setenv("FLUX2_SCHEDULE", "dev-28")
+    monkeypatch.setenv("FLUX2_REFERENCE_PIXELS", str(512 * 512))
+    monkeypatch.setenv("FLUX2_PORT", "9123")
+    monkeypatch.setenv("FLUX2_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("FLUX2_LORA_PATH", str(tmp_path / "turbo.safetensors"))
+    monkeypatch.setenv("FLUX2_LORA_SCALE", "0.5")
+    monkeypatch.setenv("FLUX2_DTYPE", "bfloat16")
+    monkeypatch.setenv("FLUX2_LOG_LEVEL", "debug")
+    settings = Settings()
+    assert settings.model == "tiny"
+    assert settings.schedule == "dev-28"
+    assert settings.reference_pixels == 512 * 512
+    assert settings.port == 9123
+    assert settings.cache_dir == tmp_path / "cache"
+    assert settings.lora_path == tmp_path / "turbo.safetensors"
+    assert settings.lora_scale == 0.5
+    assert settings.dtype == "bfloat16"
+    assert settings.log_level == "debug"
+
+
+def test_environment_names_are_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("flux2_port", "9001")
+    assert Settings().port == 9001
+
+
+def test_custom_sigmas_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLUX2_SCHEDULE", "1.0,0.5,0.1")
+    assert Settings().schedule == "1.0,0.5,0.1"
+
+
+def test_keyword_arguments_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLUX2_MODEL", "tiny")
+    monkeypatch.setenv("FLUX2_PORT", "9123")
+    monkeypatch.setenv("FLUX2_SCHEDULE", "dev-50")
+    settings = Settings(model="/models/FLUX.2-dev", port=8080)
+    assert settings.model == "/models/FLUX.2-dev"
+    assert settings.port == 8080
+    assert settings.schedule == "dev-50"  # not given: the environment fills it
+
+
+@pytest.mark.parametrize("schedule", ["warp", "1.0,2.0", "0.1,0.5"])
+def test_bad_schedule_keyword(schedule: str) -> None:
+    with pytest.raises(ValidationError) as exc_info:
+        Settings(schedule=schedule)
+    (error,) = exc_info.value.errors()
+    assert error["loc"] == ("schedule",)
+
+
+def test_bad_schedule_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLUX2_SCHEDULE", "warp")
+    with pytest.raises(ValidationError, match="unknown schedule"):
+        Settings()
+
+
+def test_bad_dtype() -> None:
+    with pytest.raises(ValidationError) as exc_info:
+        Settings(dtype="float64")  # type: ignore[arg-type]
+    assert exc_info.value.errors()[0]["loc"] == ("dtype",)
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1])
+def test_port_out_of_range(port: int) -> None:
+    with pytest.raises(ValidationError) as exc_info:
+        Settings(port=port)
+    assert exc_info.value.errors()[0]["loc"] == ("port",)
+
+
+def test_port_out_of_range_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLUX2_PORT", "70000")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+@pytest.mark.parametrize("pixels", [64 * 64 - 1, 2048 * 2048 + 1])
+def test_reference_pixels_bounds(pixels: int) -> None:
+    with pytest.raises(ValidationError):
+        Settings(reference_pixels=pixels)
+    assert Settings(reference_pixels=64 * 64).reference_pixels == 64 * 64
+    assert Settings(reference_pixels=2048 * 2048).reference_pixels == 2048 * 2048
+
+
+def test_bad_log_level() -> None:
+    with pytest.raises(ValidationError):
+        Settings(log_level="verbose")  # type: ignore[arg-type]
+
+
+def test_unknown_keyword_is_rejected() -> None:
+    with pytest.raises(ValidationError) as exc_info:
+        Settings(modle="tiny")  # type: ignore[call-arg]
+    assert exc_info.value.errors()[0]["type"] == "extra_forbidden"
+
+
+def test_settings_are_frozen() -> None:
+    settings = Settings()
+    with pytest.raises(ValidationError):
+        settings.port = 1
+    assert settings.port == 8000

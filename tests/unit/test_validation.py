@@ -1,0 +1,216 @@
+"""Request checks every engine runs (pipelines/validation.py) and the request types (types.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from pipelines.sizes import ImageSize
+from pipelines.types import EditRequest, EditResult, StepEvent
+from pipelines.validation import validate_request
+from service.errors import FieldProblem, InvalidRequest
+
+MP = 1024 * 1024
+
+
+def _image(width: int = 64, height: int = 64) -> Image.Image:
+    return Image.new("RGB", (width, height), (10, 20, 30))
+
+
+def _request(**overrides: Any) -> EditRequest:
+    fields: dict[str, Any] = {
+        "request_id": "r1",
+        "prompt": "make the sky purple",
+        "images": (_image(),),
+        "size": ImageSize(512, 512),
+        "seed": 7,
+    }
+    fields.update(overrides)
+    return EditRequest(**fields)
+
+
+def _problem(request: EditRequest, target_pixels: int = MP) -> FieldProblem:
+    with pytest.raises(InvalidRequest) as exc_info:
+        validate_request(request, target_pixels=target_pixels)
+    assert type(exc_info.value) is InvalidRequest
+    assert len(exc_info.value.problems) == 1
+    return exc_info.value.problems[0]
+
+
+def test_good_request_passes() -> None:
+    validate_request(_request(), target_pixels=MP)  # does not raise
+
+
+def test_good_request_at_the_limits_passes() -> None:
+    request = _request(
+        images=tuple(_image() for _ in range(4)),
+        num_images=4,
+        guidance_scale=20.0,
+        size=ImageSize(64, 64),
+        seed=2**63 - 1,
+    )
+    validate_request(request, target_pixels=MP)
+    validate_request(_request(num_images=1, guidance_scale=0.0, seed=0), target_pixels=MP)
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "\n\t"])
+def test_empty_prompt(prompt: str) -> None:
+    problem = _problem(_request(prompt=prompt))
+    assert problem.loc == ("body", "prompt")
+    assert problem.type == "string_too_short"
+    assert problem.ctx == {"min_length": 1}
+    assert problem.input == prompt
+
+
+def test_no_reference_images() -> None:
+    problem = _problem(_request(images=()))
+    assert problem.loc == ("body", "image_urls")
+    assert problem.type == "too_short"
+    assert problem.ctx == {"min_length": 1, "max_length": 4}
+
+
+def test_five_reference_images() -> None:
+    problem = _problem(_request(images=tuple(_image() for _ in range(5))))
+    assert problem.loc == ("body", "image_urls")
+    assert problem.type == "too_long"
+    assert problem.ctx == {"min_length": 1, "max_length": 4}
+    assert "got 5" in problem.msg
+
+
+def test_zero_images() -> None:
+    problem = _problem(_request(num_images=0))
+    assert problem.loc == ("body", "num_images")
+    assert problem.type == "greater_than_equal"
+    assert problem.ctx == {"ge": 1}
+    assert problem.input == 0
+
+
+def test_five_images() -> None:
+    problem = _problem(_request(num_images=5))
+    assert problem.loc == ("body", "num_images")
+    assert problem.type == "less_than_equal"
+    assert problem.ctx == {"le": 4}
+    assert problem.input == 5
+
+
+def test_negative_guidance() -> None:
+    problem = _problem(_request(guidance_scale=-1.0))
+    assert problem.loc == ("body", "guidance_scale")
+    assert problem.type == "greater_than_equal"
+    assert problem.ctx == {"ge": 0}
+    assert problem.input == -1.0
+
+
+def test_guidance_above_20() -> None:
+    problem = _problem(_request(guidance_scale=21.0))
+    assert problem.loc == ("body", "guidance_scale")
+    assert problem.type == "less_than_equal"
+    assert problem.ctx == {"le": 20.0}
+    assert problem.input == 21.0
+
+
+def test_nan_guidance_is_rejected() -> None:
+    problem = _problem(_request(guidance_scale=float("nan")))
+    assert problem.loc == ("body", "guidance_scale")
+
+
+@pytest.mark.parametrize(("field", "size"), [("width", (63, 512)), ("height", (512, 63))])
+def test_output_side_below_64(field: str, size: tuple[int, int]) -> None:
+    problem = _problem(_request(size=ImageSize(*size)))
+    assert problem.loc == ("body", "image_size", field)
+    assert problem.type == "greater_than_equal"
+    assert problem.ctx == {"ge": 64}
+    assert problem.input == 63
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63])
+def test_seed_out_of_range(seed: int) -> None:
+    problem = _problem(_request(seed=seed))
+    assert problem.loc == ("body", "seed")
+    assert problem.type == "value_error"
+    assert problem.input == seed
+
+
+def test_bad_reference_aspect_names_the_image() -> None:
+    images = (_image(), _image(), _image(900, 100))
+    problem = _problem(_request(images=images))
+    assert problem.loc == ("body", "image_urls", 2)
+    assert problem.type == "value_error"
+    assert problem.ctx == {"max_aspect_ratio": 8.0}
+
+
+def test_reference_too_small_for_target_pixels() -> None:
+    problem = _problem(_request(images=(_image(800, 100),)), target_pixels=64 * 64)
+    assert problem.loc == ("body", "image_urls", 0)
+    assert problem.type == "image_too_small"
+
+
+def test_first_failing_rule_wins() -> None:
+    problem = _problem(_request(prompt="", images=(), num_images=9))
+    assert problem.loc == ("body", "prompt")
+
+
+# -- EditRequest ------------------------------------------------------------------------------
+
+
+def test_reference_sizes_follow_target_pixels() -> None:
+    request = _request(images=(_image(64, 64), _image(300, 200)))
+    assert request.reference_sizes(MP) == (ImageSize(1024, 1024), ImageSize(1248, 832))
+    assert request.reference_sizes(512 * 512)[0] == ImageSize(512, 512)
+
+
+def test_batch_key_equal_for_compatible_requests() -> None:
+    a = _request(request_id="a", prompt="one", seed=1, guidance_scale=2.5)
+    b = _request(
+        request_id="b",
+        prompt="two",
+        seed=99,
+        guidance_scale=7.0,
+        num_images=3,
+        enable_prompt_expansion=True,
+        images=(_image(128, 128),),  # a different size, but the same reference size
+    )
+    assert a.batch_key(MP) == b.batch_key(MP)
+
+
+def test_batch_key_equal_when_the_generation_canvas_is_the_same() -> None:
+    # 1000 and 1008 both denoise a 1008-pixel canvas.
+    a = _request(size=ImageSize(1000, 512))
+    b = _request(size=ImageSize(1008, 512))
+    assert a.batch_key(MP) == b.batch_key(MP)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"size": ImageSize(768, 512)},
+        {"size": ImageSize(512, 528)},
+        {"images": (_image(300, 200),)},
+        {"images": (_image(), _image())},
+    ],
+)
+def test_batch_key_differs_for_incompatible_requests(change: dict[str, Any]) -> None:
+    assert _request().batch_key(MP) != _request(**change).batch_key(MP)
+
+
+def test_batch_key_depends_on_target_pixels() -> None:
+    request = _request()
+    assert request.batch_key(MP) != request.batch_key(512 * 512)
+
+
+def test_types_are_frozen_and_default_sensibly() -> None:
+    request = _request()
+    assert request.num_images == 1
+    assert request.guidance_scale == 2.5
+    assert request.enable_prompt_expansion is False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.seed = 3  # type: ignore[misc]
+    result = EditResult(request_id="r1", images=(), prompt="p", seed=1)
+    assert result.cancelled is False
+    assert result.timings == {}
+    event = StepEvent(step=1, total=8, request_ids=("r1",))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        event.step = 2  # type: ignore[misc]
