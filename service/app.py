@@ -1,0 +1,151 @@
+"""The FastAPI app factory: routes, fal-shaped errors, and the embedded worker's lifecycle.
+
+``create_app(settings, queue=..., store=..., worker=...)`` wires the seams together; the CLI's
+``serve`` passes an embedded worker (the engine in this process), ``api`` passes none. The HTTP
+layer never imports torch: it talks to the worker only through the queue and the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import Flux2Error, QueueFull
+from service.fal_errors import error_body, pydantic_problems
+from service.proxy import FalProxyMiddleware
+from service.queue.base import JobQueue
+from service.routes import files as files_routes
+from service.routes import health as health_routes
+from service.routes import queue as queue_routes
+from service.routes import run as run_routes
+from service.settings import Settings
+from service.storage.base import ArtifactStore
+from service.webhooks import WebhookSender
+from service.worker import Worker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    queue: JobQueue
+    store: ArtifactStore
+    worker: Worker | None
+    webhooks: WebhookSender | None
+
+
+def create_app(
+    settings: Settings,
+    *,
+    queue: JobQueue,
+    store: ArtifactStore,
+    worker: Worker | None = None,
+    webhooks: WebhookSender | None = None,
+) -> FastAPI:
+    """The HTTP app. ``worker`` (if any) is started and stopped with the app."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if worker is not None:
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop()
+            queue.close()
+            if webhooks is not None:
+                webhooks.close()
+
+    app = FastAPI(
+        title="flux2-edit",
+        summary="FLUX.2 [dev] image editing with fal's fal-ai/flux-2/flash/edit API",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.flux2 = AppState(
+        settings=settings, queue=queue, store=store, worker=worker, webhooks=webhooks
+    )
+    app.include_router(run_routes.router)
+    app.include_router(queue_routes.router)
+    app.include_router(files_routes.router)
+    app.include_router(health_routes.router)
+    _add_error_handlers(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["x-fal-request-id", "x-fal-error-type"],
+    )
+    app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(FalProxyMiddleware)
+    return app
+
+
+class RequestIdMiddleware:
+    """Every response carries ``x-fal-request-id`` (PY retries 5xx that lack it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(k.lower() == b"x-fal-request-id" for k, _ in headers):
+                    headers.append((b"x-fal-request-id", str(uuid.uuid4()).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(
+            status_code=422,
+            content={"detail": pydantic_problems(list(exc.errors()))},
+            headers={"x-fal-billable-units": "0"},
+        )
+
+    @app.exception_handler(Flux2Error)
+    async def on_flux2_error(request: Request, exc: Flux2Error) -> JSONResponse:
+        headers = {"X-Fal-Error-Type": exc.code}
+        if isinstance(exc, QueueFull):
+            headers["Retry-After"] = "5"
+        return JSONResponse(status_code=exc.http_status, content=error_body(exc), headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"Path {request.url.path} not found"
+        return JSONResponse(
+            status_code=exc.status_code, content={"detail": detail}, headers=exc.headers
+        )
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return JSONResponse(
+            status_code=500,
+            content={"detail": "Internal Server Error", "error_type": "internal_error"},
+            headers={"X-Fal-Error-Type": "internal_error"},
+        )

@@ -1,0 +1,1 @@
+"""Job queues: the protocol (:mod:`.base`) and its backends."""

@@ -1,0 +1,57 @@
+"""The queue seam between the HTTP layer and the GPU worker."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from service.jobs import CancelOutcome, Job, JobView, LogEntry, Outcome
+
+
+class JobQueue(Protocol):
+    """Jobs in, batches out, results back. All methods are thread-safe and return quickly.
+
+    Status flow: ``submit`` (IN_QUEUE) → ``claim`` (IN_PROGRESS) → ``complete`` (COMPLETED).
+    ``finish_now`` records a job that is COMPLETED from the start (e.g. invalid input).
+    """
+
+    def submit(self, job: Job) -> None:
+        """Queue a job. Raises ``QueueFull`` when the queue is at its limit."""
+        ...
+
+    def finish_now(self, job: Job, outcome: Outcome) -> None:
+        """Record a job that never needs the worker (it is COMPLETED with ``outcome``)."""
+        ...
+
+    def view(self, job_id: str) -> JobView | None:
+        """Status, queue position, logs and outcome; None for unknown or expired ids."""
+        ...
+
+    def claim(self, max_jobs: int, timeout: float) -> list[Job]:
+        """Take up to ``max_jobs`` queued jobs (oldest first, normal before low priority),
+        waiting up to ``timeout`` seconds for the first; marks them IN_PROGRESS."""
+        ...
+
+    def log(self, job_id: str, entry: LogEntry) -> None:
+        """Append a log line to a job."""
+        ...
+
+    def complete(self, job_id: str, outcome: Outcome) -> Job | None:
+        """Mark a job COMPLETED with ``outcome``; returns the job (None if it expired)."""
+        ...
+
+    def cancel(self, job_id: str) -> CancelOutcome:
+        """Ask for a job to stop. A queued job is completed as cancelled at once; a running one
+        is flagged and the worker stops it before its next step."""
+        ...
+
+    def is_cancelled(self, job_id: str) -> bool:
+        """Whether cancellation of a job was asked for."""
+        ...
+
+    def expire(self) -> list[str]:
+        """Forget completed jobs older than the result lifetime; returns their ids."""
+        ...
+
+    def close(self) -> None:
+        """Wake waiting workers and stop accepting jobs."""
+        ...

@@ -1,0 +1,131 @@
+"""The in-process job queue: the single-machine default (API and worker in one process)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from service.errors import QueueFull
+from service.jobs import CancelOutcome, Job, JobStatus, JobView, LogEntry, Outcome, Priority
+
+CANCELLED = Outcome(
+    status_code=499,
+    body={"detail": "Request was cancelled", "error_type": "client_cancelled"},
+    error="Request was cancelled",
+    error_type="client_cancelled",
+)
+
+
+class InMemoryJobQueue:
+    """Implements :class:`service.queue.base.JobQueue` with a lock and a condition variable."""
+
+    def __init__(self, *, max_queued: int = 1000, result_ttl: float = 3600.0) -> None:
+        self.max_queued = max_queued
+        self.result_ttl = result_ttl
+        self._jobs: dict[str, Job] = {}
+        self._pending: list[str] = []  # queued ids, in claim order
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._closed = False
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            if len(self._pending) >= self.max_queued:
+                raise QueueFull(f"the queue is full ({self.max_queued} requests waiting)")
+            job.status = JobStatus.IN_QUEUE
+            self._jobs[job.id] = job
+            if job.priority is Priority.LOW:
+                self._pending.append(job.id)
+            else:
+                lows = [
+                    i
+                    for i, jid in enumerate(self._pending)
+                    if self._jobs[jid].priority is Priority.LOW
+                ]
+                self._pending.insert(lows[0] if lows else len(self._pending), job.id)
+            self._ready.notify()
+
+    def finish_now(self, job: Job, outcome: Outcome) -> None:
+        with self._lock:
+            self._jobs[job.id] = job
+            self._finish(job, outcome)
+
+    def view(self, job_id: str) -> JobView | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or self._expired(job):
+                return None
+            position = self._pending.index(job_id) if job.status is JobStatus.IN_QUEUE else None
+            return JobView(job.id, job.status, position, tuple(job.logs), job.outcome)
+
+    def claim(self, max_jobs: int, timeout: float) -> list[Job]:
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not self._pending and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return []
+                self._ready.wait(left)
+            claimed: list[Job] = []
+            while self._pending and len(claimed) < max_jobs:
+                job = self._jobs[self._pending.pop(0)]
+                job.status = JobStatus.IN_PROGRESS
+                job.started_at = time.time()
+                claimed.append(job)
+            return claimed
+
+    def log(self, job_id: str, entry: LogEntry) -> None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is not None and job.status is not JobStatus.COMPLETED:
+                job.logs.append(entry)
+
+    def complete(self, job_id: str, outcome: Outcome) -> Job | None:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                return None
+            if job.status is JobStatus.COMPLETED:
+                return job
+            self._finish(job, outcome)
+            return job
+
+    def cancel(self, job_id: str) -> CancelOutcome:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or self._expired(job):
+                return CancelOutcome.NOT_FOUND
+            if job.status is JobStatus.COMPLETED:
+                return CancelOutcome.ALREADY_COMPLETED
+            job.cancel_requested = True
+            if job.status is JobStatus.IN_QUEUE:
+                self._pending.remove(job_id)
+                self._finish(job, CANCELLED)
+            return CancelOutcome.REQUESTED
+
+    def is_cancelled(self, job_id: str) -> bool:
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return job is None or job.cancel_requested
+
+    def expire(self) -> list[str]:
+        with self._lock:
+            gone = [jid for jid, job in self._jobs.items() if self._expired(job)]
+            for jid in gone:
+                del self._jobs[jid]
+            return gone
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._ready.notify_all()
+
+    # -- internals (lock held) ---------------------------------------------------------------
+
+    def _finish(self, job: Job, outcome: Outcome) -> None:
+        job.status = JobStatus.COMPLETED
+        job.outcome = outcome
+        job.completed_at = time.time()
+
+    def _expired(self, job: Job) -> bool:
+        return job.completed_at is not None and time.time() - job.completed_at > self.result_ttl

@@ -1,0 +1,1 @@
+"""Thin routers, one per concern; the logic they share is in :mod:`service.submission`."""

@@ -1,0 +1,208 @@
+"""fal's queue protocol: submit, status, status stream, result, cancel (fal-protocol.md §3-5).
+
+Submit uses the full endpoint id; status, result and cancel are served both under the app-only
+form ``/queue/fal-ai/flux-2/requests/{id}…`` and the sub-path form
+``/queue/fal-ai/flux-2/flash/edit/requests/{id}…``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from service.fal_errors import validation_outcome
+from service.jobs import CancelOutcome, JobStatus
+from service.schema import APP_ID, ENDPOINT_ID, Flux2FlashEditOutput
+from service.submission import JobUrls, base_url, logs_wanted, new_job, status_body
+
+router = APIRouter(prefix="/queue", tags=["queue"])
+
+STREAM_POLL_SECONDS = 0.1
+STREAM_PING_SECONDS = 15.0
+_BODY_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/Flux2FlashEditInput"}}
+        },
+    }
+}
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.flux2
+
+
+async def _json_body(request: Request) -> Any:
+    from fastapi.exceptions import RequestValidationError
+
+    raw = await request.body()
+    try:
+        return json.loads(raw or b"null")
+    except ValueError as exc:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body", 0),
+                    "msg": f"JSON decode error: {exc}",
+                    "input": {},
+                    "ctx": {"error": str(exc)},
+                }
+            ]
+        ) from exc
+
+
+@router.post(
+    f"/{ENDPOINT_ID}",
+    openapi_extra=_BODY_SCHEMA,
+    operation_id="submit",
+    summary="Submit an edit to the queue",
+)
+async def submit(request: Request) -> JSONResponse:
+    state = _state(request)
+    job, errors = new_job(request, state.settings, await _json_body(request))
+    if errors:
+        outcome = validation_outcome(errors)
+        state.queue.finish_now(job, outcome)
+        if job.webhook_url and state.webhooks is not None:
+            state.webhooks.send(job.webhook_url, job.id, outcome)
+    else:
+        state.queue.submit(job)
+    view = state.queue.view(job.id)
+    urls = JobUrls.of(job.base_url, job.id)
+    body = {
+        "status": view.status.value if view else JobStatus.COMPLETED.value,
+        "request_id": job.id,
+        "gateway_request_id": job.id,
+        "response_url": urls.response_url,
+        "status_url": urls.status_url,
+        "cancel_url": urls.cancel_url,
+        "queue_position": (view.queue_position or 0) if view else 0,
+    }
+    return JSONResponse(body, headers={"x-fal-request-id": job.id})
+
+
+def _not_found(request_id: str) -> JSONResponse:
+    return JSONResponse(
+        {"status": "NOT_FOUND", "detail": f"Request {request_id} not found"},
+        status_code=404,
+        headers={"x-fal-request-id": request_id, "x-fal-billable-units": "0"},
+    )
+
+
+async def status(request: Request, request_id: str, logs: str | None = None) -> JSONResponse:
+    state = _state(request)
+    view = state.queue.view(request_id)
+    if view is None:
+        return _not_found(request_id)
+    body = status_body(view, base_url(request, state.settings), with_logs=logs_wanted(logs))
+    code = 200 if view.status is JobStatus.COMPLETED else 202
+    return JSONResponse(body, status_code=code, headers={"x-fal-request-id": request_id})
+
+
+async def status_stream(request: Request, request_id: str, logs: str | None = None) -> Response:
+    state = _state(request)
+    if state.queue.view(request_id) is None:
+        return _not_found(request_id)
+    events = _status_events(request, request_id, logs_wanted(logs))
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"x-fal-request-id": request_id, "Cache-Control": "no-cache"},
+    )
+
+
+async def result(request: Request, request_id: str) -> JSONResponse:
+    view = _state(request).queue.view(request_id)
+    if view is None:
+        return _not_found(request_id)
+    if view.status is not JobStatus.COMPLETED or view.outcome is None:
+        return JSONResponse(
+            {"detail": "Request is still in progress"},
+            status_code=400,
+            headers={"x-fal-request-id": request_id},
+        )
+    headers = {"x-fal-request-id": request_id}
+    if view.outcome.error_type:
+        headers["X-Fal-Error-Type"] = view.outcome.error_type
+    return JSONResponse(view.outcome.body, status_code=view.outcome.status_code, headers=headers)
+
+
+async def cancel(request: Request, request_id: str) -> JSONResponse:
+    outcome = _state(request).queue.cancel(request_id)
+    code = {
+        CancelOutcome.REQUESTED: 202,
+        CancelOutcome.ALREADY_COMPLETED: 400,
+        CancelOutcome.NOT_FOUND: 404,
+    }[outcome]
+    return JSONResponse(
+        {"status": outcome.value}, status_code=code, headers={"x-fal-request-id": request_id}
+    )
+
+
+async def _status_events(request: Request, request_id: str, with_logs: bool) -> AsyncIterator[str]:
+    """One event per change; each carries only new log lines; closes after COMPLETED."""
+    state = _state(request)
+    base = base_url(request, state.settings)
+    sent_logs = 0
+    last: tuple[Any, ...] | None = None
+    last_send = time.monotonic()
+    while True:
+        view = state.queue.view(request_id)
+        if view is None:
+            return
+        key = (view.status, view.queue_position, len(view.logs) if with_logs else 0)
+        if key != last:
+            body = status_body(view, base, with_logs=with_logs, logs_from=sent_logs)
+            sent_logs = len(view.logs)
+            last = key
+            last_send = time.monotonic()
+            yield f"data: {json.dumps(body)}\n\n"
+            if view.status is JobStatus.COMPLETED:
+                return
+        elif time.monotonic() - last_send > STREAM_PING_SECONDS:
+            last_send = time.monotonic()
+            yield ": ping\n\n"
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(STREAM_POLL_SECONDS)
+
+
+for _prefix, _suffix in ((APP_ID, ""), (ENDPOINT_ID, "_subpath")):
+    _base = f"/{_prefix}/requests/{{request_id}}"
+    router.add_api_route(
+        f"{_base}/status",
+        status,
+        methods=["GET"],
+        operation_id=f"status{_suffix}",
+        summary="Queue status (202 while queued or running, 200 once completed)",
+    )
+    router.add_api_route(
+        f"{_base}/status/stream",
+        status_stream,
+        methods=["GET"],
+        operation_id=f"status_stream{_suffix}",
+        summary="Queue status as server-sent events; closes after COMPLETED",
+    )
+    router.add_api_route(
+        _base,
+        result,
+        methods=["GET"],
+        operation_id=f"result{_suffix}",
+        summary="Queue result: the model's output, or its error",
+        responses={200: {"model": Flux2FlashEditOutput}},
+    )
+    router.add_api_route(
+        f"{_base}/cancel",
+        cancel,
+        methods=["PUT"],
+        operation_id=f"cancel{_suffix}",
+        summary="Cancel a request",
+    )

@@ -1,0 +1,49 @@
+"""fal's sync run: ``POST /fal-ai/flux-2/flash/edit`` answers with the output (fal-protocol §8).
+
+The job goes through the same queue as submitted ones (so batching and progress work alike); a
+client that disconnects cancels it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service.jobs import JobStatus
+from service.schema import ENDPOINT_ID, Flux2FlashEditInput, Flux2FlashEditOutput
+from service.submission import new_job
+
+router = APIRouter(tags=["run"])
+POLL_SECONDS = 0.02
+
+
+@router.post(
+    f"/{ENDPOINT_ID}",
+    operation_id="run",
+    summary="Edit images and wait for the result",
+    responses={200: {"model": Flux2FlashEditOutput}},
+)
+async def run(request: Request, body: Flux2FlashEditInput) -> JSONResponse:
+    state = request.app.state.flux2
+    job, _ = new_job(request, state.settings, body.model_dump(mode="json"))
+    job.webhook_url = None  # sync runs answer on the connection
+    state.queue.submit(job)
+    polls = 0
+    while True:
+        view = state.queue.view(job.id)
+        if view is None:  # expired while we waited: cannot happen with a sane TTL
+            return JSONResponse({"detail": "Result expired"}, status_code=500)
+        if view.status is JobStatus.COMPLETED and view.outcome is not None:
+            headers = {"x-fal-request-id": job.id}
+            if view.outcome.error_type:
+                headers["X-Fal-Error-Type"] = view.outcome.error_type
+            return JSONResponse(
+                view.outcome.body, status_code=view.outcome.status_code, headers=headers
+            )
+        polls += 1
+        if polls % 25 == 0 and await request.is_disconnected():
+            state.queue.cancel(job.id)
+            return JSONResponse({"detail": "Client disconnected"}, status_code=499)
+        await asyncio.sleep(POLL_SECONDS)

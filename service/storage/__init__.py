@@ -1,0 +1,1 @@
+"""Artifact stores: the protocol (:mod:`.base`) and its backends."""

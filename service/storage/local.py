@@ -1,0 +1,75 @@
+"""Output files on local disk: the single-machine default."""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from service.errors import NotFound, StorageError
+from service.storage.base import Artifact
+
+_CONTENT_TYPES = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+}
+_SAFE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+
+
+class LocalArtifactStore:
+    """Implements :class:`service.storage.base.ArtifactStore` under a root directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the file store at {self.root}: {exc}") from exc
+
+    def put(self, owner: str, name: str, data: bytes, content_type: str) -> str:
+        folder = self._path(owner)
+        target = folder / _checked(name)
+        try:
+            folder.mkdir(exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise StorageError(f"cannot store {owner}/{name}: {exc}") from exc
+        return f"{owner}/{name}"
+
+    def open(self, key: str) -> Artifact:
+        owner, _, name = key.partition("/")
+        path = self._path(owner) / _checked(name, missing=True)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise NotFound(f"File {key} not found") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read {key}: {exc}") from exc
+        suffix = name.rpartition(".")[2].lower()
+        content_type = _CONTENT_TYPES.get(suffix) or (
+            mimetypes.guess_type(name)[0] or "application/octet-stream"
+        )
+        return Artifact(data=data, content_type=content_type)
+
+    def delete(self, owner: str) -> None:
+        shutil.rmtree(self._path(owner), ignore_errors=True)
+
+    def _path(self, owner: str) -> Path:
+        return self.root / _checked(owner, missing=True)
+
+
+def _checked(part: str, *, missing: bool = False) -> str:
+    """A single safe path segment: no slashes, no dot-dot, no hidden files."""
+    if not _SAFE.match(part) or part.startswith("."):
+        if missing:
+            raise NotFound("File not found")
+        raise StorageError(f"unsafe file name {part!r}")
+    return part

@@ -1,0 +1,101 @@
+"""What the routes share: making jobs from requests, and fal's status/submit bodies."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+from pydantic import ValidationError
+
+from service.errors import InvalidRequest
+from service.jobs import Job, JobStatus, JobView, Priority
+from service.schema import APP_ID, Flux2FlashEditInput
+from service.settings import Settings
+
+
+@dataclass(frozen=True)
+class JobUrls:
+    response_url: str
+    status_url: str
+    cancel_url: str
+
+    @classmethod
+    def of(cls, base_url: str, job_id: str) -> JobUrls:
+        root = f"{base_url}/queue/{APP_ID}/requests/{job_id}"
+        return cls(response_url=root, status_url=f"{root}/status", cancel_url=f"{root}/cancel")
+
+
+def base_url(request: Request, settings: Settings) -> str:
+    """Where clients reach us: the configured public URL, else this request's origin."""
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    host = request.headers.get("host") or f"{settings.host}:{settings.port}"
+    return f"{request.url.scheme}://{host}"
+
+
+def new_job(request: Request, settings: Settings, body: Any) -> tuple[Job, Any]:
+    """A job for ``body`` and the validation error list (None when the input is valid)."""
+    priority_header = request.headers.get("x-fal-queue-priority", "normal").lower()
+    try:
+        priority = Priority(priority_header)
+    except ValueError:
+        raise InvalidRequest(
+            f"X-Fal-Queue-Priority must be 'normal' or 'low', not {priority_header!r}",
+            loc=("header", "x-fal-queue-priority"),
+            input=priority_header,
+        ) from None
+    deadline = None
+    timeout_header = request.headers.get("x-fal-request-timeout")
+    if timeout_header:
+        try:
+            deadline = time.time() + float(timeout_header)
+        except ValueError:
+            raise InvalidRequest(
+                "X-Fal-Request-Timeout must be a number of seconds",
+                loc=("header", "x-fal-request-timeout"),
+                input=timeout_header,
+            ) from None
+    errors = None
+    data: dict[str, Any] = body if isinstance(body, dict) else {}
+    try:
+        data = Flux2FlashEditInput.model_validate(body).model_dump(mode="json")
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+    job = Job(
+        id=str(uuid.uuid4()),
+        input=data,
+        base_url=base_url(request, settings),
+        webhook_url=request.query_params.get("fal_webhook") or None,
+        priority=priority,
+        start_deadline=deadline,
+    )
+    return job, errors
+
+
+def status_body(view: JobView, base: str, *, with_logs: bool, logs_from: int = 0) -> dict[str, Any]:
+    """fal's status JSON (fal-protocol.md §4.1)."""
+    urls = JobUrls.of(base, view.id)
+    body: dict[str, Any] = {
+        "status": view.status.value,
+        "request_id": view.id,
+        "response_url": urls.response_url,
+        "status_url": urls.status_url,
+        "cancel_url": urls.cancel_url,
+        "logs": [entry.to_json() for entry in view.logs[logs_from:]] if with_logs else None,
+    }
+    if view.status is JobStatus.IN_QUEUE:
+        body["queue_position"] = view.queue_position or 0
+    if view.status is JobStatus.COMPLETED and view.outcome is not None:
+        body["metrics"] = {"inference_time": view.outcome.inference_time}
+        if not view.outcome.ok:
+            body["error"] = view.outcome.error
+            body["error_type"] = view.outcome.error_type
+    return body
+
+
+def logs_wanted(value: str | None) -> bool:
+    """``?logs=`` is ``1``/``0`` from the JS client and ``true``/``false`` from the Python one."""
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}

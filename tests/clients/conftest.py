@@ -1,0 +1,117 @@
+"""A real ``flux2-edit serve --model tiny`` over https, shared by the official-client tests."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+@dataclass(frozen=True)
+class Server:
+    origin: str  # e.g. https://127.0.0.1:8443
+    host_port: str  # e.g. 127.0.0.1:8443 (what FAL_RUN_HOST wants)
+    cert: Path
+    log: Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def flux2_edit_command() -> list[str]:
+    exe = shutil.which("flux2-edit", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "service.cli"]
+
+
+@contextmanager
+def running_server(root: Path, *, tls: bool) -> Iterator[Server]:
+    """Start ``flux2-edit serve --model tiny`` on a free port; stop it on exit.
+
+    References are resized to ~128x128 instead of 1 MP so a CPU run takes a fraction of a second.
+    """
+    certs = root / "certs"
+    tls_args: list[str] = []
+    if tls:
+        subprocess.run([*flux2_edit_command(), "cert", "--out", str(certs)], check=True, timeout=60)
+        tls_args = [
+            "--ssl-certfile",
+            str(certs / "cert.pem"),
+            "--ssl-keyfile",
+            str(certs / "key.pem"),
+        ]
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX2_")}
+    env.update(
+        FLUX2_CACHE_DIR=str(root / "cache"),
+        FLUX2_REFERENCE_PIXELS=str(128 * 128),
+        FLUX2_WEBHOOK_BACKOFF_SECONDS="0.2",
+        FLUX2_LOG_LEVEL="info",
+    )
+    log = root / "server.log"
+    with log.open("w") as log_file:
+        process = subprocess.Popen(
+            [
+                *flux2_edit_command(),
+                "serve",
+                "--model",
+                "tiny",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *tls_args,
+            ],  # fmt: skip
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    origin = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    verify: str | bool = str(certs / "cert.pem") if tls else True
+    try:
+        deadline = time.monotonic() + 180
+        with httpx.Client(verify=verify, timeout=5) as client:
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"server exited early:\n{log.read_text()}")
+                try:
+                    if client.get(f"{origin}/ready").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server not ready after 180 s:\n{log.read_text()}")
+                time.sleep(0.2)
+        yield Server(origin=origin, host_port=f"127.0.0.1:{port}", cert=certs / "cert.pem", log=log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real server on the tiny model, with TLS (the Python client only speaks https)."""
+    with running_server(tmp_path_factory.mktemp("server"), tls=True) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real server on the tiny model over plain http, as ``make demo`` runs it."""
+    with running_server(tmp_path_factory.mktemp("http-server"), tls=False) as running:
+        yield running
