@@ -24,10 +24,10 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy service pipelines weights
+	$(VENV)/bin/mypy service pipelines weights benchmarks
 
 typecheck: install
-	$(VENV)/bin/mypy service pipelines weights
+	$(VENV)/bin/mypy service pipelines weights benchmarks
 
 fmt: install
 	$(VENV)/bin/ruff check --fix .

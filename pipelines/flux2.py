@@ -39,7 +39,7 @@ from pipelines.schedules import SCHEDULES, FlashSchedule
 from pipelines.sizes import REFERENCE_PIXELS, ImageSize
 from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback, StepEvent
 from pipelines.validation import validate_request
-from service.errors import Flux2Error, GenerationFailed, WeightsError
+from service.errors import Flux2Error, GenerationFailed, OutOfMemory, WeightsError
 
 logger = logging.getLogger(__name__)
 
@@ -190,8 +190,12 @@ class Flux2Engine:
             group = [batch[i] for i in indices]
             try:
                 outcome = self._run_group(group, on_step, should_cancel)
-            except (Flux2Error, torch.OutOfMemoryError):
-                raise  # ours already; OOM is for the worker to split and retry
+            except torch.OutOfMemoryError as exc:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                raise OutOfMemory(f"CUDA error: out of memory ({len(group)} requests)") from exc
+            except Flux2Error:
+                raise
             except Exception as exc:
                 logger.exception("FLUX.2 failed on %s", [r.request_id for r in group])
                 raise GenerationFailed(f"generation failed: {exc}") from exc

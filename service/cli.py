@@ -37,6 +37,7 @@ _SETTINGS_OPTIONS = {
     "ssl_certfile": "ssl_certfile",
     "ssl_keyfile": "ssl_keyfile",
     "public_url": "public_url",
+    "redis_url": "redis_url",
 }
 
 
@@ -52,6 +53,21 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--cache-dir", help="where the tiny checkpoint is built (FLUX2_CACHE_DIR)")
 
 
+def _http_options(parser: argparse.ArgumentParser, *, redis_required: bool = False) -> None:
+    parser.add_argument("--host", help="bind address (FLUX2_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (FLUX2_PORT, default 8000)")
+    parser.add_argument(
+        "--redis-url",
+        required=redis_required,
+        help="Redis server shared with workers (FLUX2_REDIS_URL); unset = all in this process",
+    )
+    parser.add_argument("--ssl-certfile", help="TLS certificate: serve https (FLUX2_SSL_CERTFILE)")
+    parser.add_argument("--ssl-keyfile", help="TLS private key (FLUX2_SSL_KEYFILE)")
+    parser.add_argument(
+        "--public-url", help="base URL clients use, for response and file URLs (FLUX2_PUBLIC_URL)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flux2-edit",
@@ -63,15 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="all-in-one: the fal-compatible API plus an in-process GPU worker"
     )
-    serve.add_argument("--host", help="bind address (FLUX2_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (FLUX2_PORT, default 8000)")
-    serve.add_argument("--ssl-certfile", help="TLS certificate: serve https (FLUX2_SSL_CERTFILE)")
-    serve.add_argument("--ssl-keyfile", help="TLS private key (FLUX2_SSL_KEYFILE)")
-    serve.add_argument(
-        "--public-url", help="base URL clients use, for response and file URLs (FLUX2_PUBLIC_URL)"
-    )
+    _http_options(serve)
     _model_options(serve)
     serve.set_defaults(handler=_cmd_serve)
+
+    api = commands.add_parser("api", help="API node only (no model); workers share --redis-url")
+    _http_options(api, redis_required=True)
+    api.set_defaults(handler=_cmd_api)
+
+    worker = commands.add_parser("worker", help="GPU worker only, taking jobs from --redis-url")
+    worker.add_argument("--redis-url", required=True, help="Redis server (FLUX2_REDIS_URL)")
+    _model_options(worker)
+    worker.set_defaults(handler=_cmd_worker)
 
     cert = commands.add_parser(
         "cert", help="write a self-signed cert.pem and key.pem for 127.0.0.1 and localhost"
@@ -189,40 +208,60 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+def _check_model(settings: Settings) -> None:
+    if settings.model is None:
+        raise ConfigError("no model given: pass --model PATH|tiny or set FLUX2_MODEL")
+    if settings.model != "tiny" and not (Path(settings.model) / "model_index.json").is_file():
+        raise ConfigError(
+            f"--model {settings.model}: not a FLUX.2 checkpoint directory (no model_index.json); "
+            "use 'tiny', or fetch the weights with 'flux2-edit weights download'"
+        )
 
-    from service.app import create_app
+
+def _make_worker(
+    settings: Settings, queue: Any, store: Any, webhooks: Any, *, alone: bool = True
+) -> Any:
     from service.engines import create_engine
-    from service.queue.memory import InMemoryJobQueue
-    from service.storage.local import LocalArtifactStore
-    from service.webhooks import WebhookSender
     from service.worker import Worker, WorkerOptions
 
-    settings = settings_from_args(args)
-    if (settings.ssl_certfile is None) != (settings.ssl_keyfile is None):
-        raise ConfigError("--ssl-certfile and --ssl-keyfile go together")
-    logging.getLogger().setLevel(settings.log_level.upper())
-    queue = InMemoryJobQueue(
-        max_queued=settings.max_queue_length, result_ttl=settings.result_ttl_seconds
-    )
-    store = LocalArtifactStore(settings.files_root)
-    webhooks = WebhookSender(
-        attempts=settings.webhook_attempts, backoff=settings.webhook_backoff_seconds
-    )
-    worker = Worker(
+    return Worker(
         lambda: create_engine(settings, progress=logger.info),
         queue,
         store,
         webhooks=webhooks,
         options=WorkerOptions(
             max_batch_images=settings.max_batch_images,
+            batch_window=settings.batch_window_ms / 1000,
             reference_pixels=settings.reference_pixels,
+            fail_jobs_when_broken=alone,
         ),
     )
+
+
+def _serve_http(settings: Settings, *, with_worker: bool) -> int:
+    import uvicorn
+
+    from service.app import create_app
+    from service.backends import make_queue, make_store
+    from service.webhooks import WebhookSender
+
+    if (settings.ssl_certfile is None) != (settings.ssl_keyfile is None):
+        raise ConfigError("--ssl-certfile and --ssl-keyfile go together")
+    if with_worker:
+        _check_model(settings)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    queue = make_queue(settings, role="serve" if with_worker else "api")
+    store = make_store(settings)
+    webhooks = WebhookSender(
+        attempts=settings.webhook_attempts, backoff=settings.webhook_backoff_seconds
+    )
+    worker = _make_worker(settings, queue, store, webhooks) if with_worker else None
     app = create_app(settings, queue=queue, store=store, worker=worker, webhooks=webhooks)
     scheme = "https" if settings.ssl_certfile else "http"
-    _say(f"flux2-edit: serving on {scheme}://{settings.host}:{settings.port} (model loading…)")
+    _say(
+        f"flux2-edit: serving on {scheme}://{settings.host}:{settings.port}"
+        + (" (model loading…)" if with_worker else " (API node; workers on Redis)")
+    )
     uvicorn.run(
         app,
         host=settings.host,
@@ -231,6 +270,47 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         log_level=settings.log_level,
     )
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    return _serve_http(settings_from_args(args), with_worker=True)
+
+
+def _cmd_api(args: argparse.Namespace) -> int:
+    return _serve_http(settings_from_args(args), with_worker=False)
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from service.backends import make_queue, make_store
+    from service.webhooks import WebhookSender
+
+    settings = settings_from_args(args)
+    _check_model(settings)
+    logging.getLogger().setLevel(settings.log_level.upper())
+    queue = make_queue(settings, role="worker")
+    store = make_store(settings)
+    webhooks = WebhookSender(
+        attempts=settings.webhook_attempts, backoff=settings.webhook_backoff_seconds
+    )
+    worker = _make_worker(settings, queue, store, webhooks, alone=False)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    worker.start()
+    _say(f"flux2-edit: worker taking jobs from {settings.redis_url} (model loading…)")
+    while not stop.wait(1.0):
+        if worker.state.value in ("setup_failed", "defunct"):
+            _say(f"flux2-edit: worker {worker.state.value}: {worker.error}")
+            worker.stop()
+            return 1
+    _say("flux2-edit: draining (finishing the running batch, releasing the rest)")
+    worker.stop()
+    webhooks.close()
+    queue.close()
     return 0
 
 

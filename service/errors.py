@@ -17,6 +17,8 @@ Our exception hierarchy::
     ├── QueueFull                   429  concurrent_requests_limit (clients retry it)
     ├── Cancelled                   499  client_cancelled
     ├── GenerationFailed            500  internal_server_error   (recoverable: the job fails)
+    │   └── OutOfMemory             503  runner_server_error     (the worker splits the batch)
+    ├── RequestTimeout              504  request_timeout         (X-Fal-Request-Timeout passed)
     ├── WorkerDead                  503  runner_connection_error (fatal: restart the worker)
     ├── StorageError                500  internal_error
     ├── WeightsError                500  weights_error           (start-up: setup_failed)
@@ -119,6 +121,20 @@ class GenerationFailed(Flux2Error):
 
     code = "internal_server_error"
     http_status = 500
+
+
+class OutOfMemory(GenerationFailed):
+    """The accelerator ran out of memory; the worker retries smaller batches first."""
+
+    code = "runner_server_error"
+    http_status = 503
+
+
+class RequestTimeout(Flux2Error):
+    """The request did not start before its ``X-Fal-Request-Timeout``."""
+
+    code = "request_timeout"
+    http_status = 504
 
 
 class WorkerDead(Flux2Error):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -47,6 +47,10 @@ class LogEntry:
             "timestamp": self.timestamp,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LogEntry:
+        return cls(**data)
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -61,10 +65,18 @@ class Outcome:
     error: str | None = None
     error_type: str | None = None
     inference_time: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # extra result headers
 
     @property
     def ok(self) -> bool:
         return self.status_code < 400
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outcome:
+        return cls(**data)
 
 
 @dataclass
@@ -84,6 +96,28 @@ class Job:
     logs: list[LogEntry] = field(default_factory=list)
     outcome: Outcome | None = None
     cancel_requested: bool = False
+    deliveries: int = 0  # how many times a worker claimed it (crash recovery counts up)
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything but the logs, which backends keep apart (they grow during a run)."""
+        data = asdict(self)
+        data.pop("logs")
+        data["outcome"] = self.outcome.to_json() if self.outcome else None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], logs: list[LogEntry] | None = None) -> Job:
+        fields = dict(data)
+        outcome = fields.pop("outcome", None)
+        return cls(
+            **fields,
+            logs=list(logs or []),
+            outcome=Outcome.from_json(outcome) if outcome else None,
+        )
+
+    def __post_init__(self) -> None:
+        self.status = JobStatus(self.status)
+        self.priority = Priority(self.priority)
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,23 @@ class Settings(BaseSettings):
     max_batch_images: int = Field(
         default=4, ge=1, description="Most output images one engine call produces."
     )
+    batch_window_ms: float = Field(
+        default=50.0, ge=0, description="How long a batch waits for compatible jobs to join."
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis server shared by API nodes and workers (redis://host:6379/0); "
+        "unset = everything in this process.",
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A running job whose worker stops renewing it for this "
+        "long is given to another worker (Redis).",
+    )
+    max_deliveries: int = Field(
+        default=3, ge=1, description="Deliveries after which a job is failed (dead letter)."
+    )
     webhook_attempts: int = Field(default=6, ge=1, description="Deliveries tried per webhook.")
     webhook_backoff_seconds: float = Field(
         default=2.0, ge=0, description="First retry delay of a webhook; doubles each attempt."

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from service.errors import InvalidRequest
-from service.jobs import Job, JobStatus, JobView, Priority
+from service.jobs import Job, JobStatus, JobView, Outcome, Priority
 from service.schema import APP_ID, Flux2FlashEditInput
 from service.settings import Settings
 
@@ -94,6 +95,14 @@ def status_body(view: JobView, base: str, *, with_logs: bool, logs_from: int = 0
             body["error"] = view.outcome.error
             body["error_type"] = view.outcome.error_type
     return body
+
+
+def outcome_response(outcome: Outcome, request_id: str) -> JSONResponse:
+    """A finished job's answer: its output, or its error with fal's headers."""
+    headers = {"x-fal-request-id": request_id, **outcome.headers}
+    if outcome.error_type:
+        headers["X-Fal-Error-Type"] = outcome.error_type
+    return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
 
 
 def logs_wanted(value: str | None) -> bool:

@@ -1,31 +1,53 @@
-"""The worker loop: claim jobs, prepare their inputs, run the engine, store outputs, complete.
+"""The worker: claim jobs, batch the compatible ones, run the engine, store outputs, complete.
 
 It knows jobs and batches, not models: the engine comes from a factory called on the worker's own
 thread (loading can take minutes), behind the :class:`pipelines.protocol.EditEngine` seam.
-State, after cog: ``starting`` → ``ready`` ⇄ ``busy``; ``setup_failed`` when the engine cannot
+
+Three stages keep the GPU busy:
+
+* the **feeder** thread claims jobs (waiting at most ``batch_window`` for more to join, up to
+  ``max_batch_images`` output images), fetches and decodes their inputs on a thread pool, groups
+  them by shape, and hands the group of the oldest job to the GPU stage. Jobs of other groups are
+  released back to the queue at once, so they never wait behind a batch they cannot join;
+* the **GPU** thread runs one batch at a time; every step logs ``step k/N`` to each job and renews
+  the lease of every job the worker holds;
+* a **finisher** pool encodes images, stores them, completes jobs and sends webhooks.
+
+States, after cog: ``starting`` → ``ready`` ⇄ ``busy``; ``setup_failed`` when the engine cannot
 load (jobs then fail at once with a clear error instead of waiting forever); ``defunct`` when the
-loop itself died.
+loop itself died. ``stop()`` drains: no new claims, the running batch finishes, prepared jobs that
+did not start are released for another worker.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import queue as queue_module
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from PIL import Image
 from pydantic import ValidationError
 
 from pipelines.protocol import EditEngine
 from pipelines.sizes import resolve_image_size
 from pipelines.types import EditRequest, EditResult, StepEvent
 from pipelines.validation import validate_request
-from service.errors import Flux2Error, GenerationFailed, WorkerDead
+from service.errors import (
+    Flux2Error,
+    GenerationFailed,
+    OutOfMemory,
+    RequestTimeout,
+    WorkerDead,
+)
 from service.fal_errors import error_outcome, validation_outcome
 from service.inputs import load_image
 from service.jobs import Job, LogEntry, Outcome
@@ -49,22 +71,43 @@ class WorkerState(StrEnum):
 
 @dataclass(frozen=True)
 class WorkerOptions:
+    """Args:
+    max_batch_images: most output images one engine call makes (``num_images`` counts).
+    batch_window: seconds the feeder waits for more jobs to join a batch.
+    reference_pixels: references are resized to about this many pixels.
+    claim_timeout: how long one blocking claim waits (bounds shutdown latency).
+    expire_every, reap_every: seconds between expiry and crash-recovery sweeps.
+    warmup: run one small edit before reporting ready.
+    fail_jobs_when_broken: with an engine that failed to load, fail the jobs (one worker
+        serves them all) or leave them in the queue for healthy workers (scale-out).
+    prepare_threads, finish_threads: sizes of the CPU pools around the GPU stage.
+    """
+
     max_batch_images: int = 4
+    batch_window: float = 0.05
     reference_pixels: int = 1024 * 1024
     claim_timeout: float = 0.25
     expire_every: float = 30.0
+    reap_every: float = 5.0
     warmup: bool = True
+    prepare_threads: int = 4
+    finish_threads: int = 2
+    fail_jobs_when_broken: bool = True
 
 
 @dataclass
-class _Prepared:
+class Prepared:
     job: Job
     input: Flux2FlashEditInput
     request: EditRequest
 
 
+_STOP = object()
+IMAGE_CACHE_JOBS = 32
+
+
 class Worker:
-    """Runs jobs from ``queue`` on the engine made by ``engine_factory``, on its own thread."""
+    """Runs jobs from ``queue`` on the engine made by ``engine_factory``, on its own threads."""
 
     def __init__(
         self,
@@ -83,23 +126,49 @@ class Worker:
         self.state = WorkerState.STARTING
         self.error: str | None = None
         self.engine: EditEngine | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._last_expiry = time.monotonic()
+        self.engine_calls = 0
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._batches: queue_module.Queue[list[Prepared] | object] = queue_module.Queue(maxsize=1)
+        self._held: set[str] = set()  # claimed and not yet completed or released
+        self._held_lock = threading.Lock()
+        self._images: OrderedDict[str, tuple[Image.Image, ...]] = OrderedDict()
+        self._prepare_pool = ThreadPoolExecutor(
+            self.options.prepare_threads, thread_name_prefix="flux2-prepare"
+        )
+        self._finish_pool = ThreadPoolExecutor(
+            self.options.finish_threads, thread_name_prefix="flux2-finish"
+        )
+        self._threads: list[threading.Thread] = []
+        self._last_expiry = self._last_reap = time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._main, name="flux2-worker", daemon=True)
-        self._thread.start()
+        for target, name in ((self._gpu_main, "flux2-gpu"), (self._feeder_main, "flux2-feeder")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        self.queue.close()
-        if self._thread is not None:
-            self._thread.join(timeout)
+    def stop(self, timeout: float = 60.0) -> None:
+        """Drain: stop claiming, finish the running batch, release the rest, then return."""
+        self._stopping.set()
+        self._ready.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._release_prepared()
+        self._finish_pool.shutdown(wait=True)
+        self._prepare_pool.shutdown(wait=False, cancel_futures=True)
 
-    def _main(self) -> None:
+    @property
+    def held(self) -> set[str]:
+        with self._held_lock:
+            return set(self._held)
+
+    # -- GPU stage ---------------------------------------------------------------------------
+
+    def _gpu_main(self) -> None:
         try:
             self.engine = self.engine_factory()
             if self.options.warmup:
@@ -111,35 +180,141 @@ class Worker:
         except Exception as exc:  # the model could not load: say why, keep answering
             logger.exception("engine setup failed")
             self._setup_failed(f"{type(exc).__name__}: {exc}")
+        finally:
+            self._ready.set()
         try:
-            while not self._stop.is_set():
-                self._tick()
+            while True:
+                item = self._batches.get()
+                if item is _STOP:
+                    return
+                assert isinstance(item, list)
+                self.state = WorkerState.BUSY
+                try:
+                    self._run_batch(item)
+                finally:
+                    self.state = WorkerState.READY
         except Exception as exc:
-            logger.exception("worker loop died")
+            logger.exception("worker GPU loop died")
             self.state = WorkerState.DEFUNCT
             self.error = f"{type(exc).__name__}: {exc}"
+            self._stopping.set()
 
     def _setup_failed(self, message: str) -> None:
         self.state = WorkerState.SETUP_FAILED
         self.error = message
         logger.error("engine setup failed: %s", message)
 
-    def _tick(self) -> None:
-        if time.monotonic() - self._last_expiry > self.options.expire_every:
-            self.expire()
-        jobs = self.queue.claim(self.options.max_batch_images, self.options.claim_timeout)
-        if not jobs:
-            return
-        if self.engine is None or self.state is WorkerState.SETUP_FAILED:
-            failure = error_outcome(WorkerDead(f"the model failed to load: {self.error}"))
-            for job in jobs:
-                self._finish(job, failure)
-            return
-        self.state = WorkerState.BUSY
+    def _run_batch(self, batch: list[Prepared]) -> None:
+        runnable = []
+        for item in batch:
+            if self.queue.is_cancelled(item.job.id):
+                self._finish(item.job, CANCELLED)
+            elif item.job.start_deadline is not None and time.time() > item.job.start_deadline:
+                self._finish(item.job, timeout_outcome())
+            else:
+                runnable.append(item)
+        if runnable:
+            self.run_on_engine(runnable)
+
+    def run_on_engine(self, batch: list[Prepared]) -> None:
+        """Run ``batch``; on out-of-memory split it in halves and retry, down to one job."""
+        assert self.engine is not None
+        ids = [item.job.id for item in batch]
+        for job_id in ids:
+            self.queue.log(job_id, LogEntry(f"Running FLUX.2 (batch of {len(batch)})"))
+
+        def on_step(event: StepEvent) -> None:
+            self.queue.heartbeat(sorted(self.held))
+            for request_id in event.request_ids:
+                self.queue.log(request_id, LogEntry(f"step {event.step}/{event.total}"))
+
+        self.engine_calls += 1
         try:
-            self.process(jobs)
+            results = self.engine.run(
+                [item.request for item in batch],
+                on_step=on_step,
+                should_cancel=self.queue.is_cancelled,
+            )
+        except OutOfMemory as exc:
+            if len(batch) > 1:
+                middle = len(batch) // 2
+                logger.warning("out of memory on %d jobs; retrying in halves", len(batch))
+                self.run_on_engine(batch[:middle])
+                self.run_on_engine(batch[middle:])
+                return
+            self._fail_all(batch, exc)
+            return
+        except Flux2Error as exc:
+            self._fail_all(batch, exc)
+            return
+        except Exception as exc:
+            logger.exception("engine failed on %s", ids)
+            self._fail_all(batch, GenerationFailed(f"generation failed: {exc}"))
+            return
+        for item, result in zip(batch, results, strict=True):
+            self._finish_pool.submit(self._complete_result, item, result)
+
+    def _fail_all(self, batch: list[Prepared], exc: Flux2Error) -> None:
+        outcome = error_outcome(exc)
+        for item in batch:
+            self._finish(item.job, outcome)
+
+    def _complete_result(self, item: Prepared, result: EditResult) -> None:
+        try:
+            outcome = CANCELLED if result.cancelled else self._output(item, result)
+        except Flux2Error as exc:
+            outcome = error_outcome(exc)
+        except Exception as exc:
+            logger.exception("finishing %s failed", item.job.id)
+            outcome = error_outcome(GenerationFailed(f"could not store the output: {exc}"))
+        self._finish(item.job, outcome)
+
+    # -- feeder stage ------------------------------------------------------------------------
+
+    def _feeder_main(self) -> None:
+        self._ready.wait()
+        if self.state is WorkerState.SETUP_FAILED and not self.options.fail_jobs_when_broken:
+            self._batches.put(_STOP)
+            return
+        try:
+            while not self._stopping.is_set():
+                self._housekeeping()
+                jobs = self._claim_batch()
+                if not jobs:
+                    continue
+                if self.state is WorkerState.SETUP_FAILED or self.engine is None:
+                    failure = error_outcome(WorkerDead(f"the model failed to load: {self.error}"))
+                    for job in jobs:
+                        self._finish(job, failure)
+                    continue
+                group = self._prepare_and_group(jobs)
+                if group:
+                    self._hand_over(group)
+        except Exception as exc:
+            logger.exception("worker feeder died")
+            self.state = WorkerState.DEFUNCT
+            self.error = f"{type(exc).__name__}: {exc}"
         finally:
-            self.state = WorkerState.READY
+            self._batches.put(_STOP)
+
+    def _hand_over(self, group: list[Prepared]) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._batches.put(group, timeout=0.1)
+                return
+            except queue_module.Full:
+                continue
+        self._release([item.job.id for item in group])
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._last_reap > self.options.reap_every:
+            self._last_reap = now
+            reaped = self.queue.reap()
+            if reaped:
+                logger.warning("took back %d jobs from dead workers: %s", len(reaped), reaped)
+        if now - self._last_expiry > self.options.expire_every:
+            self.expire()
 
     def expire(self) -> None:
         """Forget expired results and delete their files."""
@@ -147,62 +322,70 @@ class Worker:
         for job_id in self.queue.expire():
             self.store.delete(job_id)
 
-    # -- one batch ---------------------------------------------------------------------------
+    def _claim_batch(self) -> list[Job]:
+        """Block for one job, then let others join for ``batch_window`` up to the image limit."""
+        jobs = self._claim(self.options.claim_timeout)
+        if not jobs:
+            return []
+        images = _num_images(jobs[0])
+        deadline = time.monotonic() + self.options.batch_window
+        while images < self.options.max_batch_images and not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more = self._claim(left)
+            if not more:
+                break
+            if images + _num_images(more[0]) > self.options.max_batch_images:
+                self._release([more[0].id])  # too big to join: first in line for the next one
+                break
+            jobs += more
+            images += _num_images(more[0])
+        return jobs
 
-    def process(self, jobs: list[Job]) -> None:
-        """Prepare, run and finish ``jobs``; every job ends COMPLETED, whatever happens."""
-        assert self.engine is not None
-        prepared: list[_Prepared] = []
+    def _claim(self, timeout: float) -> list[Job]:
+        jobs = self.queue.claim(1, timeout)
+        with self._held_lock:
+            self._held.update(job.id for job in jobs)
+        return jobs
+
+    def _prepare_and_group(self, jobs: list[Job]) -> list[Prepared]:
+        """Fetch inputs in parallel; keep the oldest job's group, release the others."""
         for job in jobs:
-            if self.queue.is_cancelled(job.id):
-                self._finish(job, CANCELLED)
-                continue
             self.queue.log(job.id, LogEntry("Preparing inputs"))
+        futures = [self._prepare_pool.submit(self.prepare, job) for job in jobs]
+        prepared: list[Prepared] = []
+        for job, future in zip(jobs, futures, strict=True):
             try:
-                prepared.append(self._prepare(job))
+                prepared.append(future.result())
             except ValidationError as exc:
                 self._finish(job, validation_outcome(exc.errors(include_url=False)))
             except Flux2Error as exc:
                 self._finish(job, error_outcome(exc))
+            except Exception as exc:
+                logger.exception("preparing %s failed", job.id)
+                self._finish(job, error_outcome(GenerationFailed(f"bad input: {exc}")))
         if not prepared:
-            return
-        for item in prepared:
-            self.queue.log(item.job.id, LogEntry("Running FLUX.2"))
+            return []
+        pixels = self.options.reference_pixels
+        key = prepared[0].request.batch_key(pixels)
+        group = [item for item in prepared if item.request.batch_key(pixels) == key]
+        others = [item for item in prepared if item.request.batch_key(pixels) != key]
+        for item in others:  # keep their decoded images in case this worker gets them back
+            self._images[item.job.id] = item.request.images
+            while len(self._images) > IMAGE_CACHE_JOBS:
+                self._images.popitem(last=False)
+        if others:
+            self._release([item.job.id for item in others])
+        return group
 
-        def on_step(event: StepEvent) -> None:
-            for request_id in event.request_ids:
-                self.queue.log(request_id, LogEntry(f"step {event.step}/{event.total}"))
-
-        try:
-            results = self.engine.run(
-                [item.request for item in prepared],
-                on_step=on_step,
-                should_cancel=self.queue.is_cancelled,
-            )
-        except Flux2Error as exc:
-            outcome = error_outcome(exc)
-            for item in prepared:
-                self._finish(item.job, outcome)
-            return
-        except Exception as exc:
-            logger.exception("engine failed on %s", [item.job.id for item in prepared])
-            outcome = error_outcome(GenerationFailed(f"generation failed: {exc}"))
-            for item in prepared:
-                self._finish(item.job, outcome)
-            return
-        for item, result in zip(prepared, results, strict=True):
-            try:
-                outcome = CANCELLED if result.cancelled else self._output(item, result)
-            except Flux2Error as exc:
-                outcome = error_outcome(exc)
-            self._finish(item.job, outcome)
-
-    def _prepare(self, job: Job) -> _Prepared:
+    def prepare(self, job: Job) -> Prepared:
+        """The job's input, validated, with its reference images fetched and decoded."""
         fal_input = Flux2FlashEditInput.model_validate(job.input)
         size_value: Any = fal_input.image_size
         if hasattr(size_value, "model_dump"):
             size_value = size_value.model_dump()
-        images = tuple(
+        images = self._images.pop(job.id, None) or tuple(
             load_image(url, index=i) for i, url in enumerate(fal_input.used_image_urls())
         )
         request = EditRequest(
@@ -216,9 +399,25 @@ class Worker:
             enable_prompt_expansion=fal_input.enable_prompt_expansion,
         )
         validate_request(request, target_pixels=self.options.reference_pixels)
-        return _Prepared(job=job, input=fal_input, request=request)
+        return Prepared(job=job, input=fal_input, request=request)
 
-    def _output(self, item: _Prepared, result: EditResult) -> Outcome:
+    def _release(self, job_ids: list[str]) -> None:
+        with self._held_lock:
+            self._held.difference_update(job_ids)
+        self.queue.release(job_ids)
+
+    def _release_prepared(self) -> None:
+        while True:
+            try:
+                item = self._batches.get_nowait()
+            except queue_module.Empty:
+                return
+            if isinstance(item, list):
+                self._release([prepared.job.id for prepared in item])
+
+    # -- finishing ---------------------------------------------------------------------------
+
+    def _output(self, item: Prepared, result: EditResult) -> Outcome:
         fmt = OutputFormat(item.input.output_format)
         files = []
         for image in result.images:
@@ -258,5 +457,24 @@ class Worker:
         else:
             self.queue.log(job.id, LogEntry(outcome.error or "Failed", level="ERROR"))
         done = self.queue.complete(job.id, outcome)
+        with self._held_lock:
+            self._held.discard(job.id)
         if done is not None and done.webhook_url and self.webhooks is not None:
-            self.webhooks.send(done.webhook_url, job.id, done.outcome or outcome)
+            self.webhooks.send(done.webhook_url, job.id, outcome)
+
+
+def timeout_outcome() -> Outcome:
+    """fal's answer to a request that did not start within ``X-Fal-Request-Timeout``."""
+    outcome = error_outcome(RequestTimeout("Request timed out"))
+    return Outcome(
+        status_code=outcome.status_code,
+        body=outcome.body,
+        error=outcome.error,
+        error_type=outcome.error_type,
+        headers={"X-Fal-Request-Timeout-Type": "user"},
+    )
+
+
+def _num_images(job: Job) -> int:
+    value = job.input.get("num_images", 1)
+    return value if isinstance(value, int) and value > 0 else 1

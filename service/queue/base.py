@@ -28,7 +28,22 @@ class JobQueue(Protocol):
 
     def claim(self, max_jobs: int, timeout: float) -> list[Job]:
         """Take up to ``max_jobs`` queued jobs (oldest first, normal before low priority),
-        waiting up to ``timeout`` seconds for the first; marks them IN_PROGRESS."""
+        waiting up to ``timeout`` seconds for the first; marks them IN_PROGRESS, counts a
+        delivery and starts their lease. Cancelled jobs are never handed out."""
+        ...
+
+    def heartbeat(self, job_ids: list[str]) -> None:
+        """Renew the lease of claimed jobs (called every denoising step). A job whose lease
+        lapses is taken back by ``reap`` for another worker."""
+        ...
+
+    def release(self, job_ids: list[str]) -> None:
+        """Give claimed jobs back, at the front of the queue (a draining or splitting worker)."""
+        ...
+
+    def reap(self) -> list[str]:
+        """Re-queue claimed jobs whose worker died (lease expired); a job delivered too often is
+        completed as failed (dead letter). Returns the ids acted on."""
         ...
 
     def log(self, job_id: str, entry: LogEntry) -> None:
@@ -36,7 +51,9 @@ class JobQueue(Protocol):
         ...
 
     def complete(self, job_id: str, outcome: Outcome) -> Job | None:
-        """Mark a job COMPLETED with ``outcome``; returns the job (None if it expired)."""
+        """Mark a job COMPLETED with ``outcome`` — once: a second completion (a job that ran
+        twice after a lease expired) keeps the first. Returns the job when this call completed
+        it, None when it was completed already or is unknown (so a webhook goes out once)."""
         ...
 
     def cancel(self, job_id: str) -> CancelOutcome:

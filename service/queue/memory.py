@@ -71,8 +71,26 @@ class InMemoryJobQueue:
                 job = self._jobs[self._pending.pop(0)]
                 job.status = JobStatus.IN_PROGRESS
                 job.started_at = time.time()
+                job.deliveries += 1
                 claimed.append(job)
             return claimed
+
+    def heartbeat(self, job_ids: list[str]) -> None:
+        return None  # one process: a dead worker takes its queue with it
+
+    def release(self, job_ids: list[str]) -> None:
+        with self._lock:
+            for job_id in reversed(job_ids):
+                job = self._jobs.get(job_id)
+                if job is None or job.status is not JobStatus.IN_PROGRESS:
+                    continue
+                job.status = JobStatus.IN_QUEUE
+                job.started_at = None
+                self._pending.insert(0, job_id)
+            self._ready.notify_all()
+
+    def reap(self) -> list[str]:
+        return []
 
     def log(self, job_id: str, entry: LogEntry) -> None:
         with self._lock:
@@ -86,7 +104,7 @@ class InMemoryJobQueue:
             if job is None:
                 return None
             if job.status is JobStatus.COMPLETED:
-                return job
+                return None
             self._finish(job, outcome)
             return job
 

@@ -19,7 +19,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from service.fal_errors import validation_outcome
 from service.jobs import CancelOutcome, JobStatus
 from service.schema import APP_ID, ENDPOINT_ID, Flux2FlashEditOutput
-from service.submission import JobUrls, base_url, logs_wanted, new_job, status_body
+from service.submission import (
+    JobUrls,
+    base_url,
+    logs_wanted,
+    new_job,
+    outcome_response,
+    status_body,
+)
 
 router = APIRouter(prefix="/queue", tags=["queue"])
 
@@ -129,10 +136,7 @@ async def result(request: Request, request_id: str) -> JSONResponse:
             status_code=400,
             headers={"x-fal-request-id": request_id},
         )
-    headers = {"x-fal-request-id": request_id}
-    if view.outcome.error_type:
-        headers["X-Fal-Error-Type"] = view.outcome.error_type
-    return JSONResponse(view.outcome.body, status_code=view.outcome.status_code, headers=headers)
+    return outcome_response(view.outcome, request_id)
 
 
 async def cancel(request: Request, request_id: str) -> JSONResponse:

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from service.jobs import JobStatus
 from service.schema import ENDPOINT_ID, Flux2FlashEditInput, Flux2FlashEditOutput
-from service.submission import new_job
+from service.submission import new_job, outcome_response
 
 router = APIRouter(tags=["run"])
 POLL_SECONDS = 0.02
@@ -36,12 +36,7 @@ async def run(request: Request, body: Flux2FlashEditInput) -> JSONResponse:
         if view is None:  # expired while we waited: cannot happen with a sane TTL
             return JSONResponse({"detail": "Result expired"}, status_code=500)
         if view.status is JobStatus.COMPLETED and view.outcome is not None:
-            headers = {"x-fal-request-id": job.id}
-            if view.outcome.error_type:
-                headers["X-Fal-Error-Type"] = view.outcome.error_type
-            return JSONResponse(
-                view.outcome.body, status_code=view.outcome.status_code, headers=headers
-            )
+            return outcome_response(view.outcome, job.id)
         polls += 1
         if polls % 25 == 0 and await request.is_disconnected():
             state.queue.cancel(job.id)

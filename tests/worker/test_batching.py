@@ -1,0 +1,223 @@
+"""The worker's batching, failure isolation, deadlines and drain (fake engine, in-memory queue)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+from worker_helpers import all_done, data_uri, make_job, wait_until
+
+from pipelines.fake import FakeEngine
+from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback
+from service.errors import OutOfMemory
+from service.jobs import JobStatus
+from service.queue.memory import InMemoryJobQueue
+from service.storage.local import LocalArtifactStore
+from service.worker import Worker, WorkerOptions
+
+
+class RecordingEngine(FakeEngine):
+    """The fake engine, recording the shapes of every call; can fail on demand."""
+
+    def __init__(self, *, fail: type[Exception] | None = None, max_ok: int = 99, **kw: object):
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.fail = fail
+        self.max_ok = max_ok  # requests per call above which `fail` is raised
+        self.shapes: list[list[tuple[int, int]]] = []
+
+    def run(
+        self,
+        batch: Sequence[EditRequest],
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> list[EditResult]:
+        self.shapes.append([(r.size.width, r.size.height) for r in batch])
+        if self.fail is not None and len(batch) > self.max_ok:
+            raise self.fail("CUDA error: out of memory")
+        return super().run(batch, on_step, should_cancel)
+
+
+@pytest.fixture
+def queue() -> InMemoryJobQueue:
+    return InMemoryJobQueue()
+
+
+def start_worker(
+    engine: FakeEngine, queue: InMemoryJobQueue, tmp_path: Path, **options: object
+) -> Worker:
+    settings = {"warmup": False, "claim_timeout": 0.05, "batch_window": 0.2, **options}
+    worker = Worker(
+        lambda: engine,
+        queue,
+        LocalArtifactStore(tmp_path / "files"),
+        options=WorkerOptions(**settings),  # type: ignore[arg-type]
+    )
+    worker.start()
+    return worker
+
+
+@pytest.fixture
+def running(queue: InMemoryJobQueue, tmp_path: Path) -> Iterator[dict[str, object]]:
+    holder: dict[str, object] = {}
+    yield holder
+    worker = holder.get("worker")
+    if isinstance(worker, Worker):
+        worker.stop(timeout=10)
+
+
+def test_compatible_jobs_share_engine_calls(
+    queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
+) -> None:
+    jobs = [make_job(input={"seed": i}) for i in range(8)]
+    for job in jobs:  # all queued before the worker starts claiming
+        queue.submit(job)
+    engine = RecordingEngine()
+    running["worker"] = start_worker(engine, queue, tmp_path, max_batch_images=4)
+    wait_until(all_done(queue, jobs))
+    assert len(engine.shapes) < len(jobs)
+    assert max(len(call) for call in engine.shapes) == 4
+    assert all(queue.view(j.id).outcome.ok for j in jobs)  # type: ignore[union-attr]
+
+
+def test_num_images_counts_towards_the_batch_limit(
+    queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
+) -> None:
+    jobs = [make_job(input={"num_images": 3, "seed": i}) for i in range(3)]
+    for job in jobs:
+        queue.submit(job)
+    engine = RecordingEngine()
+    running["worker"] = start_worker(engine, queue, tmp_path, max_batch_images=4)
+    wait_until(all_done(queue, jobs))
+    assert [len(call) for call in engine.shapes] == [1, 1, 1]  # 3 + 3 > 4
+
+
+def test_incompatible_jobs_are_never_mixed(
+    queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
+) -> None:
+    sizes = ["square", "square_hd", "square", "landscape_4_3", "square", "square_hd"]
+    jobs = [make_job(input={"image_size": size, "seed": i}) for i, size in enumerate(sizes)]
+    for job in jobs:
+        queue.submit(job)
+    engine = RecordingEngine()
+    running["worker"] = start_worker(engine, queue, tmp_path, max_batch_images=8)
+    wait_until(all_done(queue, jobs))
+    for call in engine.shapes:
+        assert len(set(call)) == 1, f"mixed shapes in one engine call: {call}"
+    assert sum(len(call) for call in engine.shapes) == len(jobs)
+    # references of different sizes are different shapes too
+    refs = [make_job(input={"image_urls": [data_uri(64 * (1 + i % 2), 64)]}) for i in range(4)]
+    for job in refs:
+        queue.submit(job)
+    wait_until(all_done(queue, refs))
+    assert all(queue.view(j.id).outcome.ok for j in refs)  # type: ignore[union-attr]
+
+
+def test_out_of_memory_splits_the_batch_and_everyone_finishes(
+    queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
+) -> None:
+    jobs = [make_job(input={"seed": i}) for i in range(4)]
+    for job in jobs:
+        queue.submit(job)
+    engine = RecordingEngine(fail=OutOfMemory, max_ok=1)
+    running["worker"] = start_worker(engine, queue, tmp_path, max_batch_images=4)
+    wait_until(all_done(queue, jobs))
+    assert all(queue.view(j.id).outcome.ok for j in jobs)  # type: ignore[union-attr]
+    assert engine.shapes[0] == [(512, 512)] * 4  # tried together first
+    assert sorted(len(c) for c in engine.shapes) == [1, 1, 1, 1, 2, 2, 4]
+
+
+def test_a_job_that_cannot_fit_fails_alone_and_the_worker_goes_on(
+    queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
+) -> None:
+    engine = RecordingEngine(fail=OutOfMemory, max_ok=0)
+    running["worker"] = start_worker(engine, queue, tmp_path, max_batch_images=1)
+    doomed = make_job()
+    queue.submit(doomed)
+    wait_until(all_done(queue, [doomed]))
+    outcome = queue.view(doomed.id).outcome  # type: ignore[union-attr]
+    assert outcome is not None
+    assert outcome.status_code == 503
+    assert "out of memory" in outcome.body["detail"]
+    engine.fail = None
+    survivor = make_job()
+    queue.submit(survivor)
+    wait_until(all_done(queue, [survivor]))
+    assert queue.view(survivor.id).outcome.ok  # type: ignore[union-attr]
+
+
+def test_any_other_engine_error_fails_that_batch_only(
+    queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
+) -> None:
+    engine = RecordingEngine(fail=RuntimeError, max_ok=0)
+    running["worker"] = start_worker(engine, queue, tmp_path)
+    broken = make_job()
+    queue.submit(broken)
+    wait_until(all_done(queue, [broken]))
+    outcome = queue.view(broken.id).outcome  # type: ignore[union-attr]
+    assert outcome is not None
+    assert outcome.status_code == 500
+    assert outcome.error_type == "internal_server_error"
+    engine.fail = None
+    fine = make_job()
+    queue.submit(fine)
+    wait_until(all_done(queue, [fine]))
+    assert queue.view(fine.id).outcome.ok  # type: ignore[union-attr]
+
+
+def test_a_job_past_its_start_deadline_times_out_like_fal(
+    queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
+) -> None:
+    late = make_job(start_deadline=time.time() - 1)
+    queue.submit(late)
+    running["worker"] = start_worker(RecordingEngine(), queue, tmp_path)
+    wait_until(all_done(queue, [late]))
+    outcome = queue.view(late.id).outcome  # type: ignore[union-attr]
+    assert outcome is not None
+    assert outcome.status_code == 504
+    assert outcome.body == {"detail": "Request timed out", "error_type": "request_timeout"}
+    assert outcome.headers == {"X-Fal-Request-Timeout-Type": "user"}
+
+
+def test_cancel_a_running_job_stops_within_one_step(
+    queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
+) -> None:
+    engine = RecordingEngine(num_steps=8, step_seconds=0.1)
+    running["worker"] = start_worker(engine, queue, tmp_path)
+    job = make_job()
+    queue.submit(job)
+    wait_until(lambda: any("step 2/8" in e.message for e in queue.view(job.id).logs))  # type: ignore[union-attr]
+    queue.cancel(job.id)
+    wait_until(all_done(queue, [job]))
+    view = queue.view(job.id)
+    assert view is not None
+    assert view.outcome is not None
+    assert view.outcome.error_type == "client_cancelled"
+    steps = [e.message for e in view.logs if e.message.startswith("step ")]
+    assert len(steps) <= 4  # asked during step 2 or 3: at most one more step ran
+
+
+def test_stop_drains_the_running_batch_and_leaves_the_rest_queued(
+    queue: InMemoryJobQueue, tmp_path: Path
+) -> None:
+    engine = RecordingEngine(num_steps=8, step_seconds=0.05)
+    worker = start_worker(engine, queue, tmp_path, max_batch_images=1)
+    first = make_job()
+    queue.submit(first)
+    wait_until(lambda: any("step 1/8" in e.message for e in queue.view(first.id).logs))  # type: ignore[union-attr]
+    rest = [make_job() for _ in range(3)]
+    for job in rest:
+        queue.submit(job)
+    stopper = threading.Thread(target=worker.stop)
+    stopper.start()
+    stopper.join(timeout=20)
+    view = queue.view(first.id)
+    assert view is not None
+    assert view.status is JobStatus.COMPLETED
+    assert view.outcome is not None
+    assert view.outcome.ok
+    states = [queue.view(job.id).status for job in rest]  # type: ignore[union-attr]
+    assert states == [JobStatus.IN_QUEUE] * 3
+    assert worker.held == set()

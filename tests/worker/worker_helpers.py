@@ -1,0 +1,50 @@
+"""Helpers (not fixtures) to drive the worker in-process: fake engine, in-memory queue."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image
+
+from service.jobs import Job, JobStatus
+from service.queue.memory import InMemoryJobQueue
+
+
+def data_uri(
+    width: int = 64, height: int = 64, colour: tuple[int, int, int] = (200, 40, 40)
+) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def make_job(**fields: Any) -> Job:
+    body = {
+        "prompt": "make it #FF5733",
+        "image_urls": [data_uri()],
+        "image_size": "square",
+        "seed": 1,
+    }
+    body.update(fields.pop("input", {}))
+    return Job(id=str(uuid.uuid4()), input=body, base_url="http://test", **fields)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def all_done(queue: InMemoryJobQueue, jobs: list[Job]) -> Callable[[], bool]:
+    def check() -> bool:
+        views = [queue.view(job.id) for job in jobs]
+        return all(v is not None and v.status is JobStatus.COMPLETED for v in views)
+
+    return check
