@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.install-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint fmt typecheck clean
+.PHONY: install system-deps demo test lint fmt typecheck bench clean
 
 install: $(STAMP)
 
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	@touch $(STAMP)
+
+# Debian packages the tests need (redis-server, …); installs them when run as root, else says how.
+system-deps:
+	bash scripts/install-system-deps.sh
 
 demo: install
 	$(VENV)/bin/flux2-edit serve --model tiny --host 127.0.0.1 --port 8000
