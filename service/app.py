@@ -20,8 +20,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import Flux2Error, QueueFull
+from service.auth import ApiKeys
+from service.errors import Flux2Error, QueueFull, Unauthorized
 from service.fal_errors import error_body, pydantic_problems
+from service.limits import BodyLimitMiddleware
 from service.proxy import FalProxyMiddleware
 from service.queue.base import JobQueue
 from service.routes import files as files_routes
@@ -43,6 +45,7 @@ class AppState:
     store: ArtifactStore
     worker: Worker | None
     webhooks: WebhookSender | None
+    keys: ApiKeys
 
 
 def create_app(
@@ -75,7 +78,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.flux2 = AppState(
-        settings=settings, queue=queue, store=store, worker=worker, webhooks=webhooks
+        settings=settings,
+        queue=queue,
+        store=store,
+        worker=worker,
+        webhooks=webhooks,
+        keys=ApiKeys(settings.api_keys),
     )
     app.include_router(run_routes.router)
     app.include_router(queue_routes.router)
@@ -84,11 +92,12 @@ def create_app(
     _add_error_handlers(app)
     app.add_middleware(
         CORSMiddleware,
-        allow_origins=["*"],
+        allow_origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()],
         allow_methods=["*"],
         allow_headers=["*"],
         expose_headers=["x-fal-request-id", "x-fal-error-type"],
     )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(FalProxyMiddleware)
     return app
@@ -130,6 +139,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         headers = {"X-Fal-Error-Type": exc.code}
         if isinstance(exc, QueueFull):
             headers["Retry-After"] = "5"
+        if isinstance(exc, Unauthorized):
+            headers["WWW-Authenticate"] = "Key"
         return JSONResponse(status_code=exc.http_status, content=error_body(exc), headers=headers)
 
     @app.exception_handler(StarletteHTTPException)

@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     _model_options(worker)
     worker.set_defaults(handler=_cmd_worker)
 
+    key = commands.add_parser(
+        "key", help="make a new API key and its hashed form for FLUX2_API_KEYS"
+    )
+    key.set_defaults(handler=_cmd_key)
+
     cert = commands.add_parser(
         "cert", help="write a self-signed cert.pem and key.pem for 127.0.0.1 and localhost"
     )
@@ -161,7 +166,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     from pipelines.sizes import parse_image_size
     from pipelines.types import EditRequest
     from service.engines import create_engine
-    from service.inputs import load_image
+    from service.inputs import FetchPolicy, load_image
     from service.outputs import OutputFormat, encode_image
 
     settings = settings_from_args(args)
@@ -174,7 +179,8 @@ def _cmd_edit(args: argparse.Namespace) -> int:
         ) from None
     size = parse_image_size(args.image_size)
     images = tuple(
-        load_image(source, index=i, allow_local=True) for i, source in enumerate(args.image)
+        load_image(source, index=i, allow_local=True, policy=FetchPolicy(allow_all=True))
+        for i, source in enumerate(args.image)
     )
     engine = create_engine(settings, progress=_say)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
@@ -218,10 +224,32 @@ def _check_model(settings: Settings) -> None:
         )
 
 
+def _check_exposure(settings: Settings) -> None:
+    """Without API keys, only this machine may call us, unless the operator says otherwise."""
+    import ipaddress
+
+    from service.auth import ApiKeys
+
+    if ApiKeys(settings.api_keys).enabled or settings.allow_unauthenticated:
+        return
+    host = settings.host.strip("[]")
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback:
+        raise ConfigError(
+            f"refusing to serve on {settings.host} without API keys: set FLUX2_API_KEYS "
+            "(see 'flux2-edit key'), bind 127.0.0.1, or set FLUX2_ALLOW_UNAUTHENTICATED=true"
+        )
+
+
 def _make_worker(
     settings: Settings, queue: Any, store: Any, webhooks: Any, *, alone: bool = True
 ) -> Any:
+    from service.backends import consumer_name
     from service.engines import create_engine
+    from service.inputs import FetchPolicy
     from service.worker import Worker, WorkerOptions
 
     return Worker(
@@ -234,7 +262,13 @@ def _make_worker(
             batch_window=settings.batch_window_ms / 1000,
             reference_pixels=settings.reference_pixels,
             fail_jobs_when_broken=alone,
+            fetch_policy=FetchPolicy.from_text(
+                settings.fetch_allow,
+                max_bytes=settings.fetch_max_bytes,
+                read_timeout=settings.fetch_timeout_seconds,
+            ),
         ),
+        name=consumer_name("serve" if alone else "worker"),
     )
 
 
@@ -249,6 +283,7 @@ def _serve_http(settings: Settings, *, with_worker: bool) -> int:
         raise ConfigError("--ssl-certfile and --ssl-keyfile go together")
     if with_worker:
         _check_model(settings)
+    _check_exposure(settings)
     logging.getLogger().setLevel(settings.log_level.upper())
     queue = make_queue(settings, role="serve" if with_worker else "api")
     store = make_store(settings)
@@ -311,6 +346,15 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     worker.stop()
     webhooks.close()
     queue.close()
+    return 0
+
+
+def _cmd_key(args: argparse.Namespace) -> int:
+    from service.auth import new_key
+
+    key, stored = new_key()
+    print(f"key (give it to clients as FAL_KEY): {key}")
+    print(f"hashed (put it in FLUX2_API_KEYS):   {stored}")
     return 0
 
 

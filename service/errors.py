@@ -14,6 +14,7 @@ Our exception hierarchy::
     │   ├── ImageTooSmall           422  image_too_small
     │   └── FileDownloadError       422  file_download_error
     ├── NotFound                    404  not_found
+    ├── Unauthorized                401  unauthorized
     ├── QueueFull                   429  concurrent_requests_limit (clients retry it)
     ├── Cancelled                   499  client_cancelled
     ├── GenerationFailed            500  internal_server_error   (recoverable: the job fails)
@@ -100,6 +101,13 @@ class FileDownloadError(InvalidRequest):
 class NotFound(Flux2Error):
     code = "not_found"
     http_status = 404
+
+
+class Unauthorized(Flux2Error):
+    """No API key, or a wrong one."""
+
+    code = "unauthorized"
+    http_status = 401
 
 
 class QueueFull(Flux2Error):

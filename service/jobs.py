@@ -97,6 +97,7 @@ class Job:
     outcome: Outcome | None = None
     cancel_requested: bool = False
     deliveries: int = 0  # how many times a worker claimed it (crash recovery counts up)
+    owner: str | None = None  # fingerprint of the API key that submitted it
 
     def to_json(self) -> dict[str, Any]:
         """Everything but the logs, which backends keep apart (they grow during a run)."""
@@ -129,3 +130,4 @@ class JobView:
     queue_position: int | None
     logs: tuple[LogEntry, ...]
     outcome: Outcome | None
+    owner: str | None = None

@@ -14,6 +14,7 @@ from pipelines.sizes import PRESETS
 from pipelines.types import MAX_REFERENCES
 
 ENDPOINT_ID = "fal-ai/flux-2/flash/edit"
+MAX_PROMPT_CHARS = 10_000  # the text encoder reads 512 tokens; this only stops abuse
 APP_ID = "fal-ai/flux-2"
 
 ImageSizePreset = Literal[
@@ -65,7 +66,9 @@ class Flux2FlashEditInput(BaseModel):
         },
     )
 
-    prompt: str = Field(description="The prompt to edit the image.")
+    prompt: str = Field(
+        min_length=1, max_length=MAX_PROMPT_CHARS, description="The prompt to edit the image."
+    )
     guidance_scale: float = Field(
         default=2.5,
         ge=0,

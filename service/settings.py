@@ -96,6 +96,35 @@ class Settings(BaseSettings):
     max_deliveries: int = Field(
         default=3, ge=1, description="Deliveries after which a job is failed (dead letter)."
     )
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated API keys clients send as 'Authorization: Key <key>' "
+        "(plain, or 'sha256:<hex>' digests from 'flux2-edit key'). Empty: no auth, and the "
+        "server binds to loopback only unless allow_unauthenticated is set.",
+    )
+    allow_unauthenticated: bool = Field(
+        default=False, description="Allow a non-loopback bind without API keys."
+    )
+    cors_origins: str = Field(
+        default="*", description="Comma-separated origins browsers may call from ('*' = any)."
+    )
+    max_body_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body (data URIs included); larger ones get 413.",
+    )
+    fetch_allow: str = Field(
+        default="",
+        description="Comma-separated host names and networks (CIDR) image_urls may be fetched "
+        "from although they are internal, e.g. 'images.internal,10.20.0.0/16'; '*' turns the "
+        "SSRF guard off. By default only public addresses are fetched.",
+    )
+    fetch_max_bytes: int = Field(
+        default=50 * 1024 * 1024, ge=1024, description="Largest image download, in bytes."
+    )
+    fetch_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Read timeout of one image download."
+    )
     webhook_attempts: int = Field(default=6, ge=1, description="Deliveries tried per webhook.")
     webhook_backoff_seconds: float = Field(
         default=2.0, ge=0, description="First retry delay of a webhook; doubles each attempt."

@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from service.auth import ApiKeys
 from service.errors import InvalidRequest
 from service.jobs import Job, JobStatus, JobView, Outcome, Priority
 from service.schema import APP_ID, Flux2FlashEditInput
@@ -35,6 +36,26 @@ def base_url(request: Request, settings: Settings) -> str:
         return settings.public_url.rstrip("/")
     host = request.headers.get("host") or f"{settings.host}:{settings.port}"
     return f"{request.url.scheme}://{host}"
+
+
+def caller(request: Request) -> str | None:
+    """Who is asking: the API key's fingerprint (None without keys). Raises Unauthorized."""
+    keys: ApiKeys = request.app.state.flux2.keys
+    return keys.identify(request.headers.get("authorization"))
+
+
+def require_key(request: Request) -> None:
+    """Router dependency: checks the API key before the body is even validated."""
+    caller(request)
+
+
+def visible_view(request: Request, request_id: str) -> JobView | None:
+    """The job, if it exists and belongs to the caller; None (answered 404) otherwise."""
+    who = caller(request)
+    view: JobView | None = request.app.state.flux2.queue.view(request_id)
+    if view is None or view.owner != who:
+        return None
+    return view
 
 
 def new_job(request: Request, settings: Settings, body: Any) -> tuple[Job, Any]:
@@ -72,6 +93,7 @@ def new_job(request: Request, settings: Settings, body: Any) -> tuple[Job, Any]:
         webhook_url=request.query_params.get("fal_webhook") or None,
         priority=priority,
         start_deadline=deadline,
+        owner=caller(request),
     )
     return job, errors
 

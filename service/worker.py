@@ -30,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -49,7 +49,7 @@ from service.errors import (
     WorkerDead,
 )
 from service.fal_errors import error_outcome, validation_outcome
-from service.inputs import load_image
+from service.inputs import FetchPolicy, load_image
 from service.jobs import Job, LogEntry, Outcome
 from service.outputs import OutputFormat, encode_image
 from service.queue.base import JobQueue
@@ -93,6 +93,7 @@ class WorkerOptions:
     prepare_threads: int = 4
     finish_threads: int = 2
     fail_jobs_when_broken: bool = True
+    fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
 
 
 @dataclass
@@ -117,7 +118,9 @@ class Worker:
         *,
         webhooks: WebhookSender | None = None,
         options: WorkerOptions | None = None,
+        name: str = "worker",
     ) -> None:
+        self.name = name  # shown in job logs: which worker ran it
         self.engine_factory = engine_factory
         self.queue = queue
         self.store = store
@@ -139,6 +142,7 @@ class Worker:
         self._finish_pool = ThreadPoolExecutor(
             self.options.finish_threads, thread_name_prefix="flux2-finish"
         )
+        self._fetch_pool = ThreadPoolExecutor(8, thread_name_prefix="flux2-fetch")
         self._threads: list[threading.Thread] = []
         self._last_expiry = self._last_reap = time.monotonic()
 
@@ -160,6 +164,7 @@ class Worker:
         self._release_prepared()
         self._finish_pool.shutdown(wait=True)
         self._prepare_pool.shutdown(wait=False, cancel_futures=True)
+        self._fetch_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def held(self) -> set[str]:
@@ -221,7 +226,9 @@ class Worker:
         assert self.engine is not None
         ids = [item.job.id for item in batch]
         for job_id in ids:
-            self.queue.log(job_id, LogEntry(f"Running FLUX.2 (batch of {len(batch)})"))
+            self.queue.log(
+                job_id, LogEntry(f"Running FLUX.2 on {self.name} (batch of {len(batch)})")
+            )
 
         def on_step(event: StepEvent) -> None:
             self.queue.heartbeat(sorted(self.held))
@@ -385,9 +392,7 @@ class Worker:
         size_value: Any = fal_input.image_size
         if hasattr(size_value, "model_dump"):
             size_value = size_value.model_dump()
-        images = self._images.pop(job.id, None) or tuple(
-            load_image(url, index=i) for i, url in enumerate(fal_input.used_image_urls())
-        )
+        images = self._images.pop(job.id, None) or self._fetch(fal_input.used_image_urls())
         request = EditRequest(
             request_id=job.id,
             prompt=fal_input.prompt,
@@ -400,6 +405,15 @@ class Worker:
         )
         validate_request(request, target_pixels=self.options.reference_pixels)
         return Prepared(job=job, input=fal_input, request=request)
+
+    def _fetch(self, urls: list[str]) -> tuple[Image.Image, ...]:
+        """A request's references, downloaded in parallel; the first failure is raised."""
+        policy = self.options.fetch_policy
+        futures = [
+            self._fetch_pool.submit(load_image, url, index=i, policy=policy)
+            for i, url in enumerate(urls)
+        ]
+        return tuple(future.result() for future in futures)
 
     def _release(self, job_ids: list[str]) -> None:
         with self._held_lock:

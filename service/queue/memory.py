@@ -56,7 +56,9 @@ class InMemoryJobQueue:
             if job is None or self._expired(job):
                 return None
             position = self._pending.index(job_id) if job.status is JobStatus.IN_QUEUE else None
-            return JobView(job.id, job.status, position, tuple(job.logs), job.outcome)
+            return JobView(
+                job.id, job.status, position, tuple(job.logs), job.outcome, owner=job.owner
+            )
 
     def claim(self, max_jobs: int, timeout: float) -> list[Job]:
         deadline = time.monotonic() + timeout

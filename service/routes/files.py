@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-router = APIRouter(tags=["files"])
+from service.errors import NotFound
+from service.submission import require_key, visible_view
+
+router = APIRouter(tags=["files"], dependencies=[Depends(require_key)])
 
 
 @router.get("/files/{owner}/{name}", operation_id="file", summary="An output image")
 async def get_file(request: Request, owner: str, name: str) -> Response:
+    if visible_view(request, owner) is None:  # the folder is the job id: its key decides
+        raise NotFound(f"File {owner}/{name} not found")
     artifact = request.app.state.flux2.store.open(f"{owner}/{name}")  # NotFound → 404
     return Response(
         artifact.data,

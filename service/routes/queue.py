@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from service.fal_errors import validation_outcome
@@ -25,10 +25,12 @@ from service.submission import (
     logs_wanted,
     new_job,
     outcome_response,
+    require_key,
     status_body,
+    visible_view,
 )
 
-router = APIRouter(prefix="/queue", tags=["queue"])
+router = APIRouter(prefix="/queue", tags=["queue"], dependencies=[Depends(require_key)])
 
 STREAM_POLL_SECONDS = 0.1
 STREAM_PING_SECONDS = 15.0
@@ -106,7 +108,7 @@ def _not_found(request_id: str) -> JSONResponse:
 
 async def status(request: Request, request_id: str, logs: str | None = None) -> JSONResponse:
     state = _state(request)
-    view = state.queue.view(request_id)
+    view = visible_view(request, request_id)
     if view is None:
         return _not_found(request_id)
     body = status_body(view, base_url(request, state.settings), with_logs=logs_wanted(logs))
@@ -115,8 +117,7 @@ async def status(request: Request, request_id: str, logs: str | None = None) -> 
 
 
 async def status_stream(request: Request, request_id: str, logs: str | None = None) -> Response:
-    state = _state(request)
-    if state.queue.view(request_id) is None:
+    if visible_view(request, request_id) is None:
         return _not_found(request_id)
     events = _status_events(request, request_id, logs_wanted(logs))
     return StreamingResponse(
@@ -127,7 +128,7 @@ async def status_stream(request: Request, request_id: str, logs: str | None = No
 
 
 async def result(request: Request, request_id: str) -> JSONResponse:
-    view = _state(request).queue.view(request_id)
+    view = visible_view(request, request_id)
     if view is None:
         return _not_found(request_id)
     if view.status is not JobStatus.COMPLETED or view.outcome is None:
@@ -140,6 +141,8 @@ async def result(request: Request, request_id: str) -> JSONResponse:
 
 
 async def cancel(request: Request, request_id: str) -> JSONResponse:
+    if visible_view(request, request_id) is None:
+        return _not_found(request_id)
     outcome = _state(request).queue.cancel(request_id)
     code = {
         CancelOutcome.REQUESTED: 202,

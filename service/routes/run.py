@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from service.jobs import JobStatus
 from service.schema import ENDPOINT_ID, Flux2FlashEditInput, Flux2FlashEditOutput
-from service.submission import new_job, outcome_response
+from service.submission import new_job, outcome_response, require_key
 
-router = APIRouter(tags=["run"])
+router = APIRouter(tags=["run"], dependencies=[Depends(require_key)])
 POLL_SECONDS = 0.02
 
 

@@ -55,7 +55,7 @@ def engines(monkeypatch: pytest.MonkeyPatch) -> list[_RecordingEngine]:
     return built
 
 
-def _png(path: Path, size: tuple[int, int] = (64, 48)) -> Path:
+def _png(path: Path, size: tuple[int, int] = (96, 64)) -> Path:
     Image.new("RGB", size, (30, 60, 90)).save(path)
     return path
 
@@ -269,7 +269,7 @@ def test_edit_writes_one_file_per_image(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], engines: list[_RecordingEngine]
 ) -> None:
     ref_a = _png(tmp_path / "a.png")
-    ref_b = _png(tmp_path / "b.png", (40, 40))
+    ref_b = _png(tmp_path / "b.png", (80, 80))
     out = tmp_path / "results" / "o.jpg"
     code = main(
         [
