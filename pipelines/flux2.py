@@ -35,6 +35,7 @@ from diffusers import Flux2Pipeline
 from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu, retrieve_timesteps
 from PIL import Image
 
+from pipelines.prompt_cache import PromptEmbeddingCache
 from pipelines.schedules import SCHEDULES, FlashSchedule
 from pipelines.sizes import REFERENCE_PIXELS, ImageSize
 from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback, StepEvent
@@ -43,6 +44,7 @@ from service.errors import Flux2Error, GenerationFailed, OutOfMemory, WeightsErr
 
 logger = logging.getLogger(__name__)
 
+TEXT_ENCODER_LAYERS = (10, 20, 30)  # Flux2Pipeline's default hidden states
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -61,6 +63,7 @@ class Flux2EngineConfig:
         reference_pixels: reference images are resized to about this many pixels.
         expansion_temperature: sampling temperature of prompt expansion.
         max_sequence_length: text tokens per prompt.
+        prompt_cache_bytes: memory for cached prompt embeddings (0 turns the cache off).
     """
 
     model_path: Path
@@ -72,6 +75,7 @@ class Flux2EngineConfig:
     reference_pixels: int = REFERENCE_PIXELS
     expansion_temperature: float = 0.15
     max_sequence_length: int = 512
+    prompt_cache_bytes: int = 512 * 1024 * 1024
 
 
 class _Cancelled(Exception):
@@ -117,6 +121,7 @@ class Flux2Engine:
         self.device = _resolve_device(config.device)
         self.dtype = _resolve_dtype(config.dtype, self.device)
         self._pipe: Flux2Pipeline | None = None
+        self.prompt_cache = PromptEmbeddingCache(config.prompt_cache_bytes)
 
     @property
     def num_steps(self) -> int:
@@ -229,14 +234,7 @@ class Flux2Engine:
         # 3. Text embeddings, one prompt at a time, repeated per output image.
         mark = time.perf_counter()
         owners = [i for i, r in enumerate(requests) for _ in range(r.num_images)]
-        embeddings: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for prompt in dict.fromkeys(prompts_used):
-            embeddings[prompt] = pipe.encode_prompt(
-                prompt=prompt,
-                device=device,
-                num_images_per_prompt=1,
-                max_sequence_length=self.config.max_sequence_length,
-            )
+        embeddings = {prompt: self._embed(prompt) for prompt in dict.fromkeys(prompts_used)}
         prompt_embeds = torch.cat([embeddings[prompts_used[i]][0] for i in owners])
         text_ids = torch.cat([embeddings[prompts_used[i]][1] for i in owners])
 
@@ -369,6 +367,31 @@ class Flux2Engine:
             )
         text = expanded[0].strip() if expanded else ""
         return text or request.prompt
+
+    def _embed(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``encode_prompt`` for one prompt, through the embedding cache."""
+        pipe = self.pipe
+        key = (
+            prompt,
+            self.config.max_sequence_length,
+            TEXT_ENCODER_LAYERS,
+            str(self.config.model_path),
+            str(self.dtype),
+            str(self.device),
+        )
+        cached = self.prompt_cache.get(key) if self.config.prompt_cache_bytes else None
+        if cached is not None:
+            return cached[0], cached[1]
+        embeds, text_ids = pipe.encode_prompt(
+            prompt=prompt,
+            device=pipe._execution_device,
+            num_images_per_prompt=1,
+            max_sequence_length=self.config.max_sequence_length,
+            text_encoder_out_layers=TEXT_ENCODER_LAYERS,
+        )
+        if self.config.prompt_cache_bytes:
+            self.prompt_cache.put(key, (embeds, text_ids))
+        return embeds, text_ids
 
     @staticmethod
     def _still_wanted(

@@ -43,6 +43,7 @@ def create_engine(settings: Settings, progress: Callable[[str], None] | None = N
             lora_scale=settings.lora_scale,
             schedule=parse_schedule(settings.schedule),
             reference_pixels=settings.reference_pixels,
+            prompt_cache_bytes=settings.prompt_cache_mb * 1024 * 1024,
         )
     )
     if progress is not None:

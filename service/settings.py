@@ -56,6 +56,12 @@ class Settings(BaseSettings):
         le=2048 * 2048,
         description="Reference images are resized to about this many pixels (fal: 1 MP).",
     )
+    prompt_cache_mb: int = Field(
+        default=512,
+        ge=0,
+        description="Memory for cached prompt embeddings (about 16 MB per prompt for the real "
+        "model); 0 turns the cache off.",
+    )
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the HTTP server binds.")
     ssl_certfile: Path | None = Field(
