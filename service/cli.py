@@ -247,10 +247,19 @@ def _check_exposure(settings: Settings) -> None:
 def _make_worker(
     settings: Settings, queue: Any, store: Any, webhooks: Any, *, alone: bool = True
 ) -> Any:
+    from pipelines.safety import make_safety_checker
     from service.backends import consumer_name
     from service.engines import create_engine
     from service.inputs import FetchPolicy
     from service.worker import Worker, WorkerOptions
+
+    # Fail closed, and early: a checker that cannot load stops the server from starting.
+    checker = make_safety_checker(
+        settings.safety_checker,
+        threshold=settings.safety_threshold,
+        model_dir=settings.safety_model_dir,
+    )
+    checker.load()
 
     return Worker(
         lambda: create_engine(settings, progress=logger.info),
@@ -262,6 +271,8 @@ def _make_worker(
             batch_window=settings.batch_window_ms / 1000,
             reference_pixels=settings.reference_pixels,
             fail_jobs_when_broken=alone,
+            check_inputs=settings.safety_check_inputs,
+            allow_disable_safety=settings.allow_disable_safety_checker,
             fetch_policy=FetchPolicy.from_text(
                 settings.fetch_allow,
                 max_bytes=settings.fetch_max_bytes,
@@ -269,6 +280,7 @@ def _make_worker(
             ),
         ),
         name=consumer_name("serve" if alone else "worker"),
+        safety_factory=lambda: checker,
     )
 
 

@@ -62,6 +62,28 @@ class Settings(BaseSettings):
         description="Memory for cached prompt embeddings (about 16 MB per prompt for the real "
         "model); 0 turns the cache off.",
     )
+    safety_checker: str = Field(
+        default="opennsfw",
+        description="NSFW checker for outputs: opennsfw (offline, CPU), hf-image-classifier "
+        "(a local model directory in safety_model_dir), or none. If it cannot load, the "
+        "server does not start.",
+    )
+    safety_threshold: float = Field(
+        default=0.5, ge=0, le=1, description="Score at which an image is flagged."
+    )
+    safety_model_dir: Path | None = Field(
+        default=None, description="Local model directory for hf-image-classifier."
+    )
+    safety_check_inputs: bool = Field(
+        default=True,
+        description="Check the reference images too; a flagged input gives black, flagged "
+        "outputs without running the model.",
+    )
+    allow_disable_safety_checker: bool = Field(
+        default=False,
+        description="Honour enable_safety_checker=false from requests (fal does so only for "
+        "authorised accounts).",
+    )
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the HTTP server binds.")
     ssl_certfile: Path | None = Field(

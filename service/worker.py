@@ -28,7 +28,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -38,6 +38,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from pipelines.protocol import EditEngine
+from pipelines.safety import SafetyChecker, SafetyVerdict, apply_verdicts
 from pipelines.sizes import resolve_image_size
 from pipelines.types import EditRequest, EditResult, StepEvent
 from pipelines.validation import validate_request
@@ -93,6 +94,8 @@ class WorkerOptions:
     prepare_threads: int = 4
     finish_threads: int = 2
     fail_jobs_when_broken: bool = True
+    check_inputs: bool = True
+    allow_disable_safety: bool = False
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
 
 
@@ -119,8 +122,12 @@ class Worker:
         webhooks: WebhookSender | None = None,
         options: WorkerOptions | None = None,
         name: str = "worker",
+        safety_factory: Callable[[], SafetyChecker] | None = None,
     ) -> None:
         self.name = name  # shown in job logs: which worker ran it
+        self.safety_factory = safety_factory
+        self.safety: SafetyChecker | None = None
+        self._safety_lock = threading.Lock()
         self.engine_factory = engine_factory
         self.queue = queue
         self.store = store
@@ -175,6 +182,9 @@ class Worker:
 
     def _gpu_main(self) -> None:
         try:
+            if self.safety_factory is not None:  # fail closed: no checker, no service
+                self.safety = self.safety_factory()
+                self.safety.load()
             self.engine = self.engine_factory()
             if self.options.warmup:
                 self.engine.warmup()
@@ -372,6 +382,7 @@ class Worker:
             except Exception as exc:
                 logger.exception("preparing %s failed", job.id)
                 self._finish(job, error_outcome(GenerationFailed(f"bad input: {exc}")))
+        prepared = [item for item in prepared if not self._input_flagged(item)]
         if not prepared:
             return []
         pixels = self.options.reference_pixels
@@ -385,6 +396,23 @@ class Worker:
         if others:
             self._release([item.job.id for item in others])
         return group
+
+    def _input_flagged(self, item: Prepared) -> bool:
+        """Check the references; a flagged job completes now with black, flagged images."""
+        if not self.options.check_inputs or not self._checked(item):
+            return False
+        try:
+            flags = [verdict.has_nsfw for verdict in self._check(item.request.images)]
+        except Flux2Error as exc:
+            self._finish(item.job, error_outcome(exc))
+            return True
+        if not any(flags):
+            return False
+        self.queue.log(item.job.id, LogEntry("Input flagged by the safety checker"))
+        result = self._flagged_input(item)
+        outcome = self._encode(item, result.images, [True] * len(result.images), result)
+        self._finish(item.job, outcome)
+        return True
 
     def prepare(self, job: Job) -> Prepared:
         """The job's input, validated, with its reference images fetched and decoded."""
@@ -431,10 +459,48 @@ class Worker:
 
     # -- finishing ---------------------------------------------------------------------------
 
+    def _checked(self, item: Prepared) -> bool:
+        """Whether this job's images go through the safety checker."""
+        if self.safety is None:
+            return False
+        return item.input.enable_safety_checker or not self.options.allow_disable_safety
+
+    def _check(self, images: Sequence[Image.Image]) -> list[SafetyVerdict]:
+        assert self.safety is not None
+        with self._safety_lock:  # one check at a time: the checker is capped to one thread
+            return self.safety.check(list(images))
+
     def _output(self, item: Prepared, result: EditResult) -> Outcome:
+        images: Sequence[Image.Image] = result.images
+        flags = [False] * len(images)
+        if self._checked(item):
+            images, flags = apply_verdicts(list(images), self._check(images))
+            if any(flags):
+                self.queue.log(item.job.id, LogEntry("Output flagged by the safety checker"))
+        return self._encode(item, images, flags, result)
+
+    def _flagged_input(self, item: Prepared) -> EditResult:
+        """The result for a job whose reference images were flagged: black, flagged images."""
+        size = (item.request.size.width, item.request.size.height)
+        black = tuple(Image.new("RGB", size) for _ in range(item.request.num_images))
+        return EditResult(
+            request_id=item.job.id,
+            images=black,
+            prompt=item.request.prompt,
+            seed=item.request.seed,
+            timings={"inference": 0.0},
+        )
+
+    def _encode(
+        self,
+        item: Prepared,
+        images: Sequence[Image.Image],
+        flags: list[bool],
+        result: EditResult,
+    ) -> Outcome:
         fmt = OutputFormat(item.input.output_format)
         files = []
-        for image in result.images:
+        for image in images:
             data = encode_image(image, fmt)
             name = f"{secrets.token_urlsafe(16)}.{fmt.extension}"
             if item.input.sync_mode:
@@ -456,7 +522,7 @@ class Worker:
             images=files,
             timings={k: round(v, 4) for k, v in result.timings.items()},
             seed=result.seed,
-            has_nsfw_concepts=[False] * len(files),
+            has_nsfw_concepts=flags,
             prompt=result.prompt,
         )
         return Outcome(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -79,7 +80,9 @@ def running_server(root: Path, *, tls: bool) -> Iterator[Server]:
             stderr=subprocess.STDOUT,
         )
     origin = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-    verify: str | bool = str(certs / "cert.pem") if tls else True
+    verify: ssl.SSLContext | bool = (
+        ssl.create_default_context(cafile=str(certs / "cert.pem")) if tls else True
+    )
     try:
         deadline = time.monotonic() + 180
         with httpx.Client(verify=verify, timeout=5) as client:
