@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,6 +31,7 @@ from service.routes import files as files_routes
 from service.routes import health as health_routes
 from service.routes import queue as queue_routes
 from service.routes import run as run_routes
+from service.schema import openapi_components
 from service.settings import Settings
 from service.storage.base import ArtifactStore
 from service.webhooks import WebhookSender
@@ -90,6 +92,7 @@ def create_app(
     app.include_router(files_routes.router)
     app.include_router(health_routes.router)
     _add_error_handlers(app)
+    _add_input_schema(app)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()],
@@ -123,6 +126,22 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+def _add_input_schema(app: FastAPI) -> None:
+    """Put the input model in /openapi.json (routes validate it by hand, after auth)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                openapi_components()
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import secrets
 
-from service.errors import Unauthorized
+from service.errors import ConfigError, Unauthorized
 
 PREFIX = "sha256:"
 
@@ -37,7 +37,13 @@ class ApiKeys:
             if not item:
                 continue
             hexdigest = item[len(PREFIX) :] if item.startswith(PREFIX) else digest(item)
-            self._digests.append(bytes.fromhex(hexdigest))
+            try:
+                stored = bytes.fromhex(hexdigest)
+            except ValueError:
+                stored = b""
+            if len(stored) != hashlib.sha256().digest_size:
+                raise ConfigError(f"API key entry {item[:16]}…: a sha256: digest is 64 hex digits")
+            self._digests.append(stored)
 
     @property
     def enabled(self) -> bool:

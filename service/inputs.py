@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import ipaddress
 import socket
@@ -123,7 +124,8 @@ def _check_dimensions(width: int, height: int, *, index: int, source: str | None
 
 def _normalise(image: Image.Image) -> Image.Image:
     """EXIF orientation applied; transparency composited onto white; RGB."""
-    image = ImageOps.exif_transpose(image) or image
+    with contextlib.suppress(Exception):  # a malformed EXIF block: keep the pixels as stored
+        image = ImageOps.exif_transpose(image) or image
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -136,8 +138,8 @@ def read_data_uri(uri: str, *, index: int = 0) -> bytes:
     if not sep or not header.startswith("data:"):
         raise ImageLoadError("Malformed data URI", loc=_loc(index), input=uri[:64])
     try:
-        if header.endswith(";base64"):
-            return base64.b64decode(payload, validate=False)
+        if header.lower().endswith(";base64"):
+            return base64.b64decode("".join(payload.split()), validate=True)
         return unquote_to_bytes(payload)
     except (binascii.Error, ValueError) as exc:
         raise ImageLoadError("Malformed base64 in data URI", loc=_loc(index)) from exc
@@ -229,7 +231,7 @@ class _GuardedBackend(httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
+        except (socket.gaierror, UnicodeError) as exc:
             raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
         allowed = [
@@ -241,9 +243,16 @@ class _GuardedBackend(httpcore.NetworkBackend):
                 "internal addresses are not fetched unless the operator allows them "
                 "(FLUX2_FETCH_ALLOW)"
             )
-        return self._inner.connect_tcp(
-            str(allowed[0]), port, timeout, local_address, socket_options
-        )
+        failure: Exception | None = None
+        for address in dict.fromkeys(allowed):  # each allowed address once, in resolver order
+            try:
+                return self._inner.connect_tcp(
+                    str(address), port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None
+        raise failure
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
@@ -303,7 +312,7 @@ def download(
             loc=_loc(index),
             input=url,
         ) from exc
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:  # ValueError: bad IDNA host
         reason = str(exc) or type(exc).__name__
         raise FileDownloadError(
             f"File download error: {reason}", loc=_loc(index), input=url

@@ -8,7 +8,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class BodyLimitMiddleware:
-    """Answers 413 with a fal-style body when a request body exceeds ``max_bytes``."""
+    """Answers 413 with a fal-style body when a request body exceeds ``max_bytes``.
+
+    A declared ``Content-Length`` over the limit is refused before reading anything. A body that
+    turns out larger while streaming (chunked, or a lying Content-Length) is cut off: the 413 is
+    sent from the receive side, the app is told the client went away, and whatever the app
+    still tries to send is dropped.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -24,27 +30,36 @@ class BodyLimitMiddleware:
             return
         received = 0
         started = False
+        rejected = False
 
         async def guarded_receive() -> Message:
-            nonlocal received
+            nonlocal received, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _TooLarge
+                    rejected = True
+                    if not started:
+                        await self._reject(send)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if rejected:
+                return  # the 413 has gone out: the app's answer has nowhere to go
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
-            await self.app(scope, guarded_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._reject(send)
+            await self.app(scope, guarded_receive, guarded_send)
+        except Exception:
+            if not rejected:
+                raise
+            # the app failed reading a body we cut off (ClientDisconnect): already answered
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps(
@@ -65,7 +80,3 @@ class BodyLimitMiddleware:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass

@@ -6,7 +6,7 @@ Sources: fal's llms.txt, the JS client's generated types (``Flux2FlashEditInput`
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -131,3 +131,23 @@ class Flux2FlashEditOutput(BaseModel):
         description="Whether the generated images contain NSFW concepts."
     )
     prompt: str = Field(description="The prompt used for generating the image.")
+
+
+# Routes validate the input by hand (after the API key check), so they point the OpenAPI
+# request body at the component that ``openapi_components`` adds.
+INPUT_BODY_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/Flux2FlashEditInput"}}
+        },
+    }
+}
+
+
+def openapi_components() -> dict[str, Any]:
+    """JSON schemas of the input model and the models it uses, as OpenAPI components."""
+    schema = Flux2FlashEditInput.model_json_schema(ref_template="#/components/schemas/{model}")
+    components: dict[str, Any] = schema.pop("$defs", {})
+    components["Flux2FlashEditInput"] = schema
+    return components

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -36,6 +38,30 @@ def base_url(request: Request, settings: Settings) -> str:
         return settings.public_url.rstrip("/")
     host = request.headers.get("host") or f"{settings.host}:{settings.port}"
     return f"{request.url.scheme}://{host}"
+
+
+async def read_json_body(request: Request) -> Any:
+    """The request body as JSON; malformed JSON is fal's 422 ``json_invalid``."""
+    raw = await request.body()
+    try:
+        return json.loads(raw or b"null")
+    except ValueError as exc:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body", 0),
+                    "msg": f"JSON decode error: {exc}",
+                    "input": {},
+                    "ctx": {"error": str(exc)},
+                }
+            ]
+        ) from exc
+
+
+def body_errors(errors: Any) -> RequestValidationError:
+    """Schema errors of a body validated by hand, located under ``body`` as FastAPI does."""
+    return RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors])
 
 
 def caller(request: Request) -> str | None:
@@ -83,7 +109,9 @@ def new_job(request: Request, settings: Settings, body: Any) -> tuple[Job, Any]:
     errors = None
     data: dict[str, Any] = body if isinstance(body, dict) else {}
     try:
-        data = Flux2FlashEditInput.model_validate(body).model_dump(mode="json")
+        data = Flux2FlashEditInput.model_validate(body, from_attributes=True).model_dump(
+            mode="json"
+        )
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
     job = Job(

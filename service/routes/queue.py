@@ -18,13 +18,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from service.fal_errors import validation_outcome
 from service.jobs import CancelOutcome, JobStatus
-from service.schema import APP_ID, ENDPOINT_ID, Flux2FlashEditOutput
+from service.schema import APP_ID, ENDPOINT_ID, INPUT_BODY_SCHEMA, Flux2FlashEditOutput
 from service.submission import (
     JobUrls,
     base_url,
     logs_wanted,
     new_job,
     outcome_response,
+    read_json_body,
     require_key,
     status_body,
     visible_view,
@@ -34,49 +35,21 @@ router = APIRouter(prefix="/queue", tags=["queue"], dependencies=[Depends(requir
 
 STREAM_POLL_SECONDS = 0.1
 STREAM_PING_SECONDS = 15.0
-_BODY_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/Flux2FlashEditInput"}}
-        },
-    }
-}
 
 
 def _state(request: Request) -> Any:
     return request.app.state.flux2
 
 
-async def _json_body(request: Request) -> Any:
-    from fastapi.exceptions import RequestValidationError
-
-    raw = await request.body()
-    try:
-        return json.loads(raw or b"null")
-    except ValueError as exc:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "json_invalid",
-                    "loc": ("body", 0),
-                    "msg": f"JSON decode error: {exc}",
-                    "input": {},
-                    "ctx": {"error": str(exc)},
-                }
-            ]
-        ) from exc
-
-
 @router.post(
     f"/{ENDPOINT_ID}",
-    openapi_extra=_BODY_SCHEMA,
+    openapi_extra=INPUT_BODY_SCHEMA,
     operation_id="submit",
     summary="Submit an edit to the queue",
 )
 async def submit(request: Request) -> JSONResponse:
     state = _state(request)
-    job, errors = new_job(request, state.settings, await _json_body(request))
+    job, errors = new_job(request, state.settings, await read_json_body(request))
     if errors:
         outcome = validation_outcome(errors)
         state.queue.finish_now(job, outcome)

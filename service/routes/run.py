@@ -12,8 +12,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from service.jobs import JobStatus
-from service.schema import ENDPOINT_ID, Flux2FlashEditInput, Flux2FlashEditOutput
-from service.submission import new_job, outcome_response, require_key
+from service.schema import ENDPOINT_ID, INPUT_BODY_SCHEMA, Flux2FlashEditOutput
+from service.submission import (
+    body_errors,
+    new_job,
+    outcome_response,
+    read_json_body,
+    require_key,
+)
 
 router = APIRouter(tags=["run"], dependencies=[Depends(require_key)])
 POLL_SECONDS = 0.02
@@ -23,11 +29,15 @@ POLL_SECONDS = 0.02
     f"/{ENDPOINT_ID}",
     operation_id="run",
     summary="Edit images and wait for the result",
+    openapi_extra=INPUT_BODY_SCHEMA,
     responses={200: {"model": Flux2FlashEditOutput}},
 )
-async def run(request: Request, body: Flux2FlashEditInput) -> JSONResponse:
+async def run(request: Request) -> JSONResponse:
+    # The body is validated by hand, after the API key (a typed parameter would come first).
     state = request.app.state.flux2
-    job, _ = new_job(request, state.settings, body.model_dump(mode="json"))
+    job, errors = new_job(request, state.settings, await read_json_body(request))
+    if errors:
+        raise body_errors(errors)
     job.webhook_url = None  # sync runs answer on the connection
     state.queue.submit(job)
     polls = 0
