@@ -93,6 +93,7 @@ def create_app(
     app.include_router(health_routes.router)
     _add_error_handlers(app)
     _add_input_schema(app)
+    app.add_middleware(UnexpectedErrorMiddleware)  # innermost: its 500 still gets CORS and ids
     app.add_middleware(
         CORSMiddleware,
         allow_origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()],
@@ -104,6 +105,42 @@ def create_app(
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(FalProxyMiddleware)
     return app
+
+
+class UnexpectedErrorMiddleware:
+    """Any unhandled exception becomes fal's 500, logged once with its traceback.
+
+    Starlette answers ``exception_handler(Exception)`` from its outermost middleware, past CORS
+    and the request id; catching it here, inside them, keeps both on the error.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            response = JSONResponse(
+                status_code=500,
+                content={"detail": "Internal Server Error", "error_type": "internal_error"},
+                headers={"X-Fal-Error-Type": "internal_error"},
+            )
+            await response(scope, receive, send)
 
 
 class RequestIdMiddleware:
@@ -169,13 +206,4 @@ def _add_error_handlers(app: FastAPI) -> None:
             detail = f"Path {request.url.path} not found"
         return JSONResponse(
             status_code=exc.status_code, content={"detail": detail}, headers=exc.headers
-        )
-
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            status_code=500,
-            content={"detail": "Internal Server Error", "error_type": "internal_error"},
-            headers={"X-Fal-Error-Type": "internal_error"},
         )

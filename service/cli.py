@@ -58,8 +58,8 @@ def _http_options(parser: argparse.ArgumentParser, *, redis_required: bool = Fal
     parser.add_argument("--port", type=int, help="port (FLUX2_PORT, default 8000)")
     parser.add_argument(
         "--redis-url",
-        required=redis_required,
-        help="Redis server shared with workers (FLUX2_REDIS_URL); unset = all in this process",
+        help="Redis server shared with workers (FLUX2_REDIS_URL)"
+        + ("" if redis_required else "; unset = all in this process"),
     )
     parser.add_argument("--ssl-certfile", help="TLS certificate: serve https (FLUX2_SSL_CERTFILE)")
     parser.add_argument("--ssl-keyfile", help="TLS private key (FLUX2_SSL_KEYFILE)")
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     api.set_defaults(handler=_cmd_api)
 
     worker = commands.add_parser("worker", help="GPU worker only, taking jobs from --redis-url")
-    worker.add_argument("--redis-url", required=True, help="Redis server (FLUX2_REDIS_URL)")
+    worker.add_argument("--redis-url", help="Redis server (FLUX2_REDIS_URL)")
     _model_options(worker)
     worker.set_defaults(handler=_cmd_worker)
 
@@ -324,8 +324,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return _serve_http(settings_from_args(args), with_worker=True)
 
 
+def _require_redis(settings: Settings, command: str) -> None:
+    if not settings.redis_url:
+        raise ConfigError(f"flux2-edit {command} needs --redis-url (or FLUX2_REDIS_URL)")
+
+
 def _cmd_api(args: argparse.Namespace) -> int:
-    return _serve_http(settings_from_args(args), with_worker=False)
+    settings = settings_from_args(args)
+    _require_redis(settings, "api")
+    return _serve_http(settings, with_worker=False)
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -336,6 +343,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from service.webhooks import WebhookSender
 
     settings = settings_from_args(args)
+    _require_redis(settings, "worker")
     _check_model(settings)
     logging.getLogger().setLevel(settings.log_level.upper())
     queue = make_queue(settings, role="worker")

@@ -122,7 +122,10 @@ class Settings(BaseSettings):
         "long is given to another worker (Redis).",
     )
     max_deliveries: int = Field(
-        default=3, ge=1, description="Deliveries after which a job is failed (dead letter)."
+        default=3,
+        ge=1,
+        description="Times a job may lose its worker (lease lapsed) before it is failed "
+        "instead of retried (dead letter).",
     )
     api_keys: str = Field(
         default="",

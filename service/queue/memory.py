@@ -86,6 +86,9 @@ class InMemoryJobQueue:
                 job = self._jobs.get(job_id)
                 if job is None or job.status is not JobStatus.IN_PROGRESS:
                     continue
+                if job.cancel_requested:  # cancelled while held: it ends here, not in the queue
+                    self._finish(job, CANCELLED)
+                    continue
                 job.status = JobStatus.IN_QUEUE
                 job.started_at = None
                 self._pending.insert(0, job_id)
@@ -126,7 +129,7 @@ class InMemoryJobQueue:
     def is_cancelled(self, job_id: str) -> bool:
         with self._lock:
             job = self._jobs.get(job_id)
-            return job is None or job.cancel_requested
+            return job is None or job.cancel_requested or job.status is JobStatus.COMPLETED
 
     def expire(self) -> list[str]:
         with self._lock:
@@ -143,6 +146,8 @@ class InMemoryJobQueue:
     # -- internals (lock held) ---------------------------------------------------------------
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
+        if job.status is JobStatus.IN_QUEUE and job.id in self._pending:
+            self._pending.remove(job.id)
         job.status = JobStatus.COMPLETED
         job.outcome = outcome
         job.completed_at = time.time()

@@ -33,7 +33,7 @@ class LocalArtifactStore:
 
     def put(self, owner: str, name: str, data: bytes, content_type: str) -> str:
         folder = self._path(owner)
-        target = folder / _checked(name)
+        target = folder / checked_segment(name)
         try:
             folder.mkdir(exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
@@ -46,7 +46,7 @@ class LocalArtifactStore:
 
     def open(self, key: str) -> Artifact:
         owner, _, name = key.partition("/")
-        path = self._path(owner) / _checked(name, missing=True)
+        path = self._path(owner) / checked_segment(name, missing=True)
         try:
             data = path.read_bytes()
         except FileNotFoundError as exc:
@@ -63,10 +63,10 @@ class LocalArtifactStore:
         shutil.rmtree(self._path(owner), ignore_errors=True)
 
     def _path(self, owner: str) -> Path:
-        return self.root / _checked(owner, missing=True)
+        return self.root / checked_segment(owner, missing=True)
 
 
-def _checked(part: str, *, missing: bool = False) -> str:
+def checked_segment(part: str, *, missing: bool = False) -> str:
     """A single safe path segment: no slashes, no dot-dot, no hidden files."""
     if not _SAFE.match(part) or part.startswith("."):
         if missing:
