@@ -195,3 +195,9 @@ def test_thirty_jobs_survive_a_worker_killed_mid_job(cluster: dict[str, Any]) ->
     assert max(counts.values()) == 1, counts.most_common(3)
     assert all(hook["status"] == "OK" for hook in hooks.received)
     hooks.server.shutdown()
+
+    # SIGTERM drains the surviving worker: it stops claiming and exits cleanly.
+    survivor = cluster["processes"]["worker-b"]
+    survivor.send_signal(signal.SIGTERM)
+    assert survivor.wait(timeout=60) == 0
+    assert "draining" in cluster["logs"]["worker-b"].read_text()
