@@ -65,6 +65,23 @@ class Hooks:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hooks() -> Iterator[Hooks]:
+    receiver = Hooks()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def client(cluster: dict[str, Any]) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=cluster["origin"], timeout=30) as http:
+        yield http
+
 
 @pytest.fixture
 def cluster(redis_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
@@ -127,10 +144,10 @@ def reference() -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def test_thirty_jobs_survive_a_worker_killed_mid_job(cluster: dict[str, Any]) -> None:
+def test_thirty_jobs_survive_a_worker_killed_mid_job(
+    cluster: dict[str, Any], hooks: Hooks, client: httpx.Client
+) -> None:
     origin = cluster["origin"]
-    hooks = Hooks()
-    client = httpx.Client(base_url=origin, timeout=30)
     ids = []
     for i in range(JOBS):
         response = client.post(
@@ -194,7 +211,6 @@ def test_thirty_jobs_survive_a_worker_killed_mid_job(cluster: dict[str, Any]) ->
     assert set(counts) == set(ids)
     assert max(counts.values()) == 1, counts.most_common(3)
     assert all(hook["status"] == "OK" for hook in hooks.received)
-    hooks.server.shutdown()
 
     # SIGTERM drains the surviving worker: it stops claiming and exits cleanly.
     survivor = cluster["processes"]["worker-b"]
