@@ -11,6 +11,7 @@ set -euo pipefail
 
 DEPS=(
     "redis-server:redis-server"
+    "chromium:chromium"  # the playground's browser test (tests/e2e), driven by Playwright
 )
 
 missing=()

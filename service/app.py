@@ -25,10 +25,14 @@ from service.auth import ApiKeys
 from service.errors import Flux2Error, QueueFull, Unauthorized
 from service.fal_errors import error_body, pydantic_problems
 from service.limits import BodyLimitMiddleware
+from service.logs import adopt_request_id, request_context
+from service.metrics import Metrics, MetricsMiddleware
 from service.proxy import FalProxyMiddleware
 from service.queue.base import JobQueue
 from service.routes import files as files_routes
 from service.routes import health as health_routes
+from service.routes import metrics as metrics_routes
+from service.routes import playground as playground_routes
 from service.routes import queue as queue_routes
 from service.routes import run as run_routes
 from service.schema import openapi_components
@@ -48,6 +52,7 @@ class AppState:
     worker: Worker | None
     webhooks: WebhookSender | None
     keys: ApiKeys
+    metrics: Metrics | None = None
 
 
 def create_app(
@@ -57,8 +62,17 @@ def create_app(
     store: ArtifactStore,
     worker: Worker | None = None,
     webhooks: WebhookSender | None = None,
+    metrics: Metrics | None = None,
 ) -> FastAPI:
-    """The HTTP app. ``worker`` (if any) is started and stopped with the app."""
+    """The HTTP app. ``worker`` (if any) is started and stopped with the app.
+
+    ``metrics`` (made here when None) is served at ``/metrics`` and also given to a ``worker``
+    that has none, so an embedded worker's job metrics appear there too.
+    """
+    metrics = metrics if metrics is not None else Metrics()
+    metrics.bind(queue=queue, worker=worker)
+    if worker is not None and worker.metrics is None:
+        worker.metrics = metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,11 +100,14 @@ def create_app(
         worker=worker,
         webhooks=webhooks,
         keys=ApiKeys(settings.api_keys),
+        metrics=metrics,
     )
     app.include_router(run_routes.router)
     app.include_router(queue_routes.router)
     app.include_router(files_routes.router)
     app.include_router(health_routes.router)
+    app.include_router(metrics_routes.router)
+    app.include_router(playground_routes.router)
     _add_error_handlers(app)
     _add_input_schema(app)
     app.add_middleware(UnexpectedErrorMiddleware)  # innermost: its 500 still gets CORS and ids
@@ -102,6 +119,7 @@ def create_app(
         expose_headers=["x-fal-request-id", "x-fal-error-type"],
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # inside the request id, sees routes
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(FalProxyMiddleware)
     return app
@@ -144,7 +162,10 @@ class UnexpectedErrorMiddleware:
 
 
 class RequestIdMiddleware:
-    """Every response carries ``x-fal-request-id`` (PY retries 5xx that lack it)."""
+    """Every response carries ``x-fal-request-id`` (PY retries 5xx that lack it).
+
+    Log records made during the request carry the same id (the job's, once a route names it).
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -154,15 +175,21 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
 
+        request_id = str(uuid.uuid4())
+
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                if not any(k.lower() == b"x-fal-request-id" for k, _ in headers):
-                    headers.append((b"x-fal-request-id", str(uuid.uuid4()).encode()))
+                given = next((v for k, v in headers if k.lower() == b"x-fal-request-id"), None)
+                if given is None:
+                    headers.append((b"x-fal-request-id", request_id.encode()))
+                else:
+                    adopt_request_id(given.decode("latin-1"))
                 message = {**message, "headers": headers}
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        with request_context(request_id):
+            await self.app(scope, receive, send_with_id)
 
 
 def _add_input_schema(app: FastAPI) -> None:

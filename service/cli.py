@@ -245,7 +245,13 @@ def _check_exposure(settings: Settings) -> None:
 
 
 def _make_worker(
-    settings: Settings, queue: Any, store: Any, webhooks: Any, *, alone: bool = True
+    settings: Settings,
+    queue: Any,
+    store: Any,
+    webhooks: Any,
+    *,
+    alone: bool = True,
+    metrics: Any = None,
 ) -> Any:
     from pipelines.safety import make_safety_checker
     from service.backends import consumer_name
@@ -281,6 +287,7 @@ def _make_worker(
         ),
         name=consumer_name("serve" if alone else "worker"),
         safety_factory=lambda: checker,
+        metrics=metrics,
     )
 
 
@@ -289,6 +296,7 @@ def _serve_http(settings: Settings, *, with_worker: bool) -> int:
 
     from service.app import create_app
     from service.backends import make_queue, make_store
+    from service.logs import setup_logging
     from service.webhooks import WebhookSender
 
     if (settings.ssl_certfile is None) != (settings.ssl_keyfile is None):
@@ -296,7 +304,7 @@ def _serve_http(settings: Settings, *, with_worker: bool) -> int:
     if with_worker:
         _check_model(settings)
     _check_exposure(settings)
-    logging.getLogger().setLevel(settings.log_level.upper())
+    setup_logging(settings.log_level, json=settings.log_format == "json")
     queue = make_queue(settings, role="serve" if with_worker else "api")
     store = make_store(settings)
     webhooks = WebhookSender(
@@ -316,6 +324,8 @@ def _serve_http(settings: Settings, *, with_worker: bool) -> int:
         ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
         ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
         log_level=settings.log_level,
+        log_config=None,  # uvicorn's lines go through our handler (text or JSON)
+        access_log=False,  # the metrics middleware writes one line per request, with its id
     )
     return 0
 
@@ -340,18 +350,27 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     import threading
 
     from service.backends import make_queue, make_store
+    from service.logs import setup_logging
     from service.webhooks import WebhookSender
 
     settings = settings_from_args(args)
     _require_redis(settings, "worker")
     _check_model(settings)
-    logging.getLogger().setLevel(settings.log_level.upper())
+    setup_logging(settings.log_level, json=settings.log_format == "json")
     queue = make_queue(settings, role="worker")
     store = make_store(settings)
     webhooks = WebhookSender(
         attempts=settings.webhook_attempts, backoff=settings.webhook_backoff_seconds
     )
-    worker = _make_worker(settings, queue, store, webhooks, alone=False)
+    from service.metrics import Metrics
+
+    metrics = Metrics()
+    worker = _make_worker(settings, queue, store, webhooks, alone=False, metrics=metrics)
+    metrics.bind(queue=queue, worker=worker)
+    if settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -416,10 +435,9 @@ def _cmd_weights_verify(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from service.logs import setup_logging
+
+    setup_logging(logging.DEBUG if args.verbose else logging.WARNING)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

@@ -160,6 +160,18 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: float = Field(
         default=2.0, ge=0, description="First retry delay of a webhook; doubles each attempt."
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines as readable text, or one JSON object per line (ts, level, logger, "
+        "message, request_id and extra fields) for log collectors.",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="flux2-edit worker: serve Prometheus /metrics on this port (bound to host); "
+        "unset = none. serve and api answer /metrics on their own port.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Logging level."
     )

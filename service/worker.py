@@ -52,6 +52,8 @@ from service.errors import (
 from service.fal_errors import error_outcome, validation_outcome
 from service.inputs import FetchPolicy, load_image
 from service.jobs import Job, LogEntry, Outcome
+from service.logs import request_context
+from service.metrics import Metrics
 from service.outputs import OutputFormat, encode_image
 from service.queue.base import JobQueue
 from service.queue.memory import CANCELLED
@@ -123,8 +125,10 @@ class Worker:
         options: WorkerOptions | None = None,
         name: str = "worker",
         safety_factory: Callable[[], SafetyChecker] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.name = name  # shown in job logs: which worker ran it
+        self.metrics = metrics  # create_app gives an embedded worker the app's
         self.safety_factory = safety_factory
         self.safety: SafetyChecker | None = None
         self._safety_lock = threading.Lock()
@@ -239,19 +243,25 @@ class Worker:
             self.queue.log(
                 job_id, LogEntry(f"Running FLUX.2 on {self.name} (batch of {len(batch)})")
             )
+        timer = self.metrics.step_timer() if self.metrics is not None else None
 
         def on_step(event: StepEvent) -> None:
+            if timer is not None:
+                timer.step()
             self.queue.heartbeat(sorted(self.held))
             for request_id in event.request_ids:
                 self.queue.log(request_id, LogEntry(f"step {event.step}/{event.total}"))
 
         self.engine_calls += 1
+        if self.metrics is not None:
+            self.metrics.observe_batch(len(batch), sum(i.request.num_images for i in batch))
         try:
-            results = self.engine.run(
-                [item.request for item in batch],
-                on_step=on_step,
-                should_cancel=self.queue.is_cancelled,
-            )
+            with request_context(",".join(ids)):
+                results = self.engine.run(
+                    [item.request for item in batch],
+                    on_step=on_step,
+                    should_cancel=self.queue.is_cancelled,
+                )
         except OutOfMemory as exc:
             if len(batch) > 1:
                 middle = len(batch) // 2
@@ -268,6 +278,8 @@ class Worker:
             logger.exception("engine failed on %s", ids)
             self._fail_all(batch, GenerationFailed(f"generation failed: {exc}"))
             return
+        if timer is not None:
+            timer.done()
         for item, result in zip(batch, results, strict=True):
             self._finish_pool.submit(self._complete_result, item, result)
 
@@ -277,6 +289,10 @@ class Worker:
             self._finish(item.job, outcome)
 
     def _complete_result(self, item: Prepared, result: EditResult) -> None:
+        with request_context(item.job.id):
+            self._store_result(item, result)
+
+    def _store_result(self, item: Prepared, result: EditResult) -> None:
         try:
             outcome = CANCELLED if result.cancelled else self._output(item, result)
         except Flux2Error as exc:
@@ -408,6 +424,8 @@ class Worker:
             return True
         if not any(flags):
             return False
+        if self.metrics is not None:
+            self.metrics.flagged("input", sum(flags))
         self.queue.log(item.job.id, LogEntry("Input flagged by the safety checker"))
         result = self._flagged_input(item)
         outcome = self._encode(item, result.images, [True] * len(result.images), result)
@@ -416,6 +434,10 @@ class Worker:
 
     def prepare(self, job: Job) -> Prepared:
         """The job's input, validated, with its reference images fetched and decoded."""
+        with request_context(job.id):
+            return self._prepare(job)
+
+    def _prepare(self, job: Job) -> Prepared:
         fal_input = Flux2FlashEditInput.model_validate(job.input)
         size_value: Any = fal_input.image_size
         if hasattr(size_value, "model_dump"):
@@ -476,6 +498,8 @@ class Worker:
         if self._checked(item):
             images, flags = apply_verdicts(list(images), self._check(images))
             if any(flags):
+                if self.metrics is not None:
+                    self.metrics.flagged("output", sum(flags))
                 self.queue.log(item.job.id, LogEntry("Output flagged by the safety checker"))
         return self._encode(item, images, flags, result)
 
@@ -532,11 +556,19 @@ class Worker:
         )
 
     def _finish(self, job: Job, outcome: Outcome) -> None:
+        with request_context(job.id):
+            self._finish_job(job, outcome)
+
+    def _finish_job(self, job: Job, outcome: Outcome) -> None:
         if outcome.ok:
             self.queue.log(job.id, LogEntry("Completed"))
         else:
             self.queue.log(job.id, LogEntry(outcome.error or "Failed", level="ERROR"))
         done = self.queue.complete(job.id, outcome)
+        if done is not None:
+            if self.metrics is not None:
+                self.metrics.observe_job(job, outcome)
+            logger.info("job finished: %s", outcome.error_type or "ok")
         with self._held_lock:
             self._held.discard(job.id)
         if done is not None and done.webhook_url and self.webhooks is not None:

@@ -69,6 +69,10 @@ class JobQueue(Protocol):
         """Forget completed jobs older than the result lifetime; returns their ids."""
         ...
 
+    def depth(self) -> int:
+        """Jobs waiting to be claimed (IN_QUEUE), all priorities; cheap, for metrics."""
+        ...
+
     def close(self) -> None:
         """Wake waiting workers and stop accepting jobs."""
         ...

@@ -138,6 +138,10 @@ class InMemoryJobQueue:
                 del self._jobs[jid]
             return gone
 
+    def depth(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
     def close(self) -> None:
         with self._lock:
             self._closed = True

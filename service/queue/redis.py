@@ -499,6 +499,12 @@ class RedisJobQueue:
         ids = self._run("expire", repr(time.time() - self.result_ttl))
         return [str(job_id) for job_id in ids]
 
+    def depth(self) -> int:
+        with _redis_errors("depth"), self._redis.pipeline(transaction=False) as pipe:
+            for zset in self.zsets:
+                pipe.zcard(zset)
+            return sum(int(n) for n in pipe.execute())
+
     def close(self) -> None:
         """Wake this instance's waiting claims (they return ``[]``), then close the idle
         connections. Connections still in use by other threads are not torn down under them

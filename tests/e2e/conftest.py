@@ -1,0 +1,103 @@
+"""Browser tests of the web playground: a real server and Debian's Chromium driven by Playwright.
+
+Chromium is the Debian package (``make system-deps`` installs it); Playwright's own browser
+downloads are never used (``playwright install`` needs the network). A missing Chromium or
+Playwright fails the run when ``CI`` is set and skips the browser tests elsewhere.
+
+Screenshots go to ``tests/e2e/artifacts/`` (git-ignored; ``E2E_ARTIFACTS_DIR`` moves them).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import pytest
+from e2e_helpers import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    FakeServerFactory,
+    Server,
+    running_fake_server,
+    running_tiny_server,
+)
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
+
+
+def _missing(message: str) -> NoReturn:
+    """CI must not skip silently; a developer machine without the browser skips."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real server on the tiny FLUX.2 model over plain http."""
+    with running_tiny_server(tmp_path_factory.mktemp("e2e-tiny")) as running:
+        yield running
+
+
+@pytest.fixture
+def fake_server(tmp_path: Path) -> FakeServerFactory:
+    """``with fake_server(api_keys=..., step_seconds=..., flag_everything=...) as server:``"""
+
+    def make(**options: Any) -> AbstractContextManager[Server]:
+        return running_fake_server(tmp_path / "fake-server", **options)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    """Debian's headless Chromium, launched by Playwright's bundled driver."""
+    if not CHROMIUM.exists():
+        _missing(f"{CHROMIUM} not found: run 'make system-deps' (Debian package chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("playwright is not installed: run 'make install' (the dev extra pins it)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh browser context (own storage, like a fresh profile) and page per test.
+
+    Console errors and uncaught page errors fail the test: the page must not throw.
+    """
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on(
+        "console",
+        lambda message: (
+            problems.append(f"console.{message.type}: {message.text}")
+            if message.type == "error" and not _expected_console_error(message.text)
+            else None
+        ),
+    )
+    try:
+        yield page
+    finally:
+        context.close()
+    assert not problems, problems
+
+
+def _expected_console_error(text: str) -> bool:
+    """Chromium logs every non-2xx fetch as a console error; tests provoke some on purpose."""
+    return "Failed to load resource" in text

@@ -1,0 +1,179 @@
+"""Helpers (not fixtures) for the browser tests: servers to drive, pictures, artifacts."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image, ImageDraw
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+FakeServerFactory = Callable[..., AbstractContextManager["Server"]]
+ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS_DIR") or Path(__file__).parent / "artifacts")
+
+
+@dataclass(frozen=True)
+class Server:
+    origin: str  # e.g. http://127.0.0.1:8123
+    log: Path | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def flux2_edit_command() -> list[str]:
+    exe = shutil.which("flux2-edit", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "service.cli"]
+
+
+@contextmanager
+def running_tiny_server(root: Path) -> Iterator[Server]:
+    """``flux2-edit serve --model tiny`` over http on a free port, as ``make demo`` runs it.
+
+    The same recipe as tests/clients/conftest.py: references resized to ~128x128 so a CPU edit
+    takes a fraction of a second.
+    """
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX2_")}
+    env.update(
+        FLUX2_CACHE_DIR=str(root / "cache"),
+        FLUX2_REFERENCE_PIXELS=str(128 * 128),
+        FLUX2_LOG_LEVEL="info",
+    )
+    log = root / "server.log"
+    command = [*flux2_edit_command(), "serve", "--model", "tiny",
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with log.open("w") as log_file:
+        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    origin = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        with httpx.Client(timeout=5) as client:
+            while True:
+                if process.poll() is not None:
+                    pytest.fail(f"server exited early:\n{log.read_text()}")
+                try:
+                    if client.get(f"{origin}/ready").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"server not ready after 180 s:\n{log.read_text()}")
+                time.sleep(0.2)
+        yield Server(origin=origin, log=log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@contextmanager
+def running_fake_server(
+    root: Path,
+    *,
+    api_keys: str = "",
+    step_seconds: float = 0.0,
+    flag_everything: bool = False,
+) -> Iterator[Server]:
+    """The real app and worker in this process, on the instant fake engine, served by uvicorn.
+
+    For what the tiny model cannot show cheaply: API keys, slow steps (live progress, cancel)
+    and flagged images.
+    """
+    import uvicorn
+
+    from pipelines.fake import FakeEngine
+    from pipelines.safety import AlwaysFlagChecker, NeverFlagChecker
+    from service.app import create_app
+    from service.queue.memory import InMemoryJobQueue
+    from service.settings import Settings
+    from service.storage.local import LocalArtifactStore
+    from service.worker import Worker, WorkerOptions
+
+    settings = Settings(cache_dir=root, files_dir=root / "files", api_keys=api_keys)
+    queue = InMemoryJobQueue()
+    store = LocalArtifactStore(settings.files_root)
+    checker = AlwaysFlagChecker if flag_everything else NeverFlagChecker
+    worker = Worker(
+        lambda: FakeEngine(num_steps=8, step_seconds=step_seconds),
+        queue,
+        store,
+        options=WorkerOptions(warmup=False, claim_timeout=0.05, batch_window=0.01),
+        safety_factory=checker,
+    )
+    app = create_app(settings, queue=queue, store=store, worker=worker)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        origin = f"http://127.0.0.1:{port}"
+        with httpx.Client(timeout=5) as client:
+            while True:
+                try:
+                    if server.started and client.get(f"{origin}/ready").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if not thread.is_alive() or time.monotonic() > deadline:
+                    pytest.fail("in-process server did not start")
+                time.sleep(0.05)
+        yield Server(origin=origin)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+def reference_png(path: Path, size: tuple[int, int] = (160, 120)) -> Path:
+    """A small, recognisable reference picture: a red car-ish box on a blue-grey ground."""
+    image = Image.new("RGB", size, (90, 110, 140))
+    draw = ImageDraw.Draw(image)
+    width, height = size
+    draw.rectangle((0, height * 2 // 3, width, height), fill=(60, 60, 60))
+    draw.rectangle((width // 5, height // 3, width * 4 // 5, height * 3 // 4), fill=(200, 30, 40))
+    wheel_top = height * 2 // 3
+    for left in (width // 4, width * 3 // 4 - 24):
+        draw.ellipse((left, wheel_top, left + 24, wheel_top + 24), fill=0)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def save_artifact(source: Path, name: str) -> Path:
+    """Copy a screenshot to the artifacts folder and return where it went."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    target = ARTIFACTS / name
+    shutil.copyfile(source, target)
+    return target
