@@ -36,7 +36,7 @@ def _missing(message: str) -> NoReturn:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The real server on the tiny FLUX.2 model over plain http."""
     with running_tiny_server(tmp_path_factory.mktemp("e2e-tiny")) as running:
@@ -53,7 +53,7 @@ def fake_server(tmp_path: Path) -> FakeServerFactory:
     return make
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # torn down with its module: its event loop must not outlive it
 def browser() -> Iterator[Browser]:
     """Debian's headless Chromium, launched by Playwright's bundled driver."""
     if not CHROMIUM.exists():
