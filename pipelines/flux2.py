@@ -19,15 +19,24 @@ Other departures from ``__call__``, each deliberate:
   is never decoded (``pipe._interrupt`` would still decode);
 * prompt expansion calls ``upsample_prompt(prompt, images=[refs])`` itself, working around the
   multi-image bug of diffusers 0.42.1 (``__call__`` passes a flat list).
+
+Where the weights live is planned at load time (:mod:`pipelines.memory`: ``resident``,
+``offload_text_encoder``, ``model_offload`` or ``cpu``, from the GPU's free memory and the
+checkpoint's component sizes, or set by ``memory_profile``). The fast paths (attention backend,
+fused QKV projections, regional ``torch.compile``, fp8 weights) are settings, all off by default
+until a GPU benchmark shows what each is worth; they are applied in :meth:`Flux2Engine.load`, and
+:meth:`Flux2Engine.warmup` runs after them, so the compile happens before the first request.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,17 +44,39 @@ from diffusers import Flux2Pipeline
 from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu, retrieve_timesteps
 from PIL import Image
 
+from pipelines.memory import (
+    ENCODE_ONLY_TEXT_LAYERS,
+    ComponentSizes,
+    MemoryProfile,
+    Plan,
+    measure_checkpoint,
+    parse_profile,
+    plan,
+)
 from pipelines.prompt_cache import PromptEmbeddingCache
 from pipelines.schedules import SCHEDULES, FlashSchedule
 from pipelines.sizes import REFERENCE_PIXELS, ImageSize
 from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback, StepEvent
 from pipelines.validation import validate_request
-from service.errors import Flux2Error, GenerationFailed, OutOfMemory, WeightsError
+from service.errors import (
+    ConfigError,
+    Flux2Error,
+    GenerationFailed,
+    InvalidRequest,
+    OutOfMemory,
+    WeightsError,
+)
 
 logger = logging.getLogger(__name__)
 
 TEXT_ENCODER_LAYERS = (10, 20, 30)  # Flux2Pipeline's default hidden states
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+QUANTIZE_CHOICES = ("fp8",)
+FP8_MIN_CAPABILITY = (8, 9)  # Ada, Hopper, Blackwell: float8 tensor cores
+#: Attention backends that run on the CPU; on CUDA every backend whose package is installed.
+CPU_ATTENTION_BACKENDS = ("native", "_native_math")
+AUTO = "auto"
+_UNSIZED = ComponentSizes(0, 0, 0)  # a CPU engine plans without reading the checkpoint
 
 
 @dataclass(frozen=True)
@@ -64,6 +95,21 @@ class Flux2EngineConfig:
         expansion_temperature: sampling temperature of prompt expansion.
         max_sequence_length: text tokens per prompt.
         prompt_cache_bytes: memory for cached prompt embeddings (0 turns the cache off).
+        memory_profile: ``auto`` (planned from the GPU's free memory) or a
+            :class:`~pipelines.memory.MemoryProfile` name. A profile that does not fit still
+            applies, with a warning; a GPU profile on a CPU device is a ``ConfigError``.
+        attention_backend: a diffusers attention backend (``native``, ``flash``,
+            ``_flash_3_hub``, ...); ``auto`` the best one that loads here (FlashAttention 3 on
+            Hopper, then FlashAttention 2, then ``native``); ``None`` keeps diffusers' default
+            (``native``, PyTorch SDPA).
+        fuse_qkv: fuse the double-stream blocks' Q/K/V projections into one matmul.
+        compile_blocks: ``torch.compile`` the repeated transformer blocks (regional
+            compilation, ``fullgraph=True``); the compile runs in :meth:`Flux2Engine.warmup`.
+        quantize: ``fp8`` stores the transformer's linear weights in float8 with dynamic float8
+            activations (torchao, CUDA compute capability >= 8.9); ``None`` keeps ``dtype``.
+        allow_prompt_expansion: ``False`` rejects requests asking for prompt expansion and trims
+            the text encoder to what prompt encoding reads (31 decoder layers; no ``lm_head``,
+            vision tower or projector): 48.0 GB -> 35.8 GB for FLUX.2 [dev].
     """
 
     model_path: Path
@@ -76,6 +122,12 @@ class Flux2EngineConfig:
     expansion_temperature: float = 0.15
     max_sequence_length: int = 512
     prompt_cache_bytes: int = 512 * 1024 * 1024
+    memory_profile: str = "auto"
+    attention_backend: str | None = None
+    fuse_qkv: bool = False
+    compile_blocks: bool = False
+    quantize: str | None = None
+    allow_prompt_expansion: bool = True
 
 
 class _Cancelled(Exception):
@@ -122,6 +174,13 @@ class Flux2Engine:
         self.dtype = _resolve_dtype(config.dtype, self.device)
         self._pipe: Flux2Pipeline | None = None
         self.prompt_cache = PromptEmbeddingCache(config.prompt_cache_bytes)
+        self.plan: Plan | None = None
+        self.attention_backend: str | None = None  # the one set, once loaded
+        # Where the text encoder runs and where everything else computes: they differ when the
+        # text encoder is offloaded (pipe._execution_device then names the GPU, which is wrong
+        # for encode_prompt and upsample_prompt).
+        self._text_device = self.device
+        self._compute_device = self.device
 
     @property
     def num_steps(self) -> int:
@@ -136,45 +195,150 @@ class Flux2Engine:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def load(self) -> None:
-        path = Path(self.config.model_path)
+        """Load the weights, place them as planned and apply the configured fast paths.
+
+        Raises:
+            WeightsError: the checkpoint is missing or unreadable.
+            ConfigError: a setting cannot work here (unknown memory profile or attention
+                backend, fp8 without a suitable GPU, a GPU profile on the CPU).
+        """
+        config = self.config
+        path = Path(config.model_path)
         if not (path / "model_index.json").is_file():
             raise WeightsError(
                 f"{path} is not a diffusers checkpoint (no model_index.json). Build the tiny one "
                 "with 'flux2-edit weights tiny DIR' or fetch FLUX.2 [dev] with "
                 "'flux2-edit weights download'."
             )
+        # 1. Check the settings before spending minutes on loading.
+        override = parse_profile(config.memory_profile)
+        _check_quantize(config.quantize, self.device)
+        if config.attention_backend not in (None, AUTO):
+            _check_attention_backend(config.attention_backend, self.device, self.dtype)
+        self.plan = memory_plan = self._plan(path, override)
+        log = logger.info if memory_plan.fits else logger.warning
+        log("memory profile %s: %s", memory_plan.profile.value, memory_plan.reason)
+
+        # 2. Load on the CPU.
         started = time.perf_counter()
         try:
             pipe = Flux2Pipeline.from_pretrained(path, dtype=self.dtype, local_files_only=True)
         except Exception as exc:  # diffusers raises many kinds; all mean "unusable weights"
             raise WeightsError(f"cannot load FLUX.2 from {path}: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)
-        pipe.to(self.device)
-        if self.config.lora_path is not None:
-            _fuse_lora(pipe, Path(self.config.lora_path), self.config.lora_scale)
+        if not config.allow_prompt_expansion:
+            _trim_text_encoder(pipe.text_encoder, ENCODE_ONLY_TEXT_LAYERS)
+
+        # 3. The transformer first (it is changed in place below), then the rest per profile.
+        profile = memory_plan.profile
+        if profile in (MemoryProfile.RESIDENT, MemoryProfile.OFFLOAD_TEXT_ENCODER):
+            pipe.transformer.to(self.device)
+        if config.lora_path is not None:
+            _fuse_lora(pipe, Path(config.lora_path), config.lora_scale)
+        if config.fuse_qkv:
+            _fuse_qkv(pipe.transformer)
+        if config.quantize == "fp8":
+            _quantize_fp8(pipe.transformer, self.device)
+        if profile is MemoryProfile.OFFLOAD_TEXT_ENCODER:
+            pipe.vae.to(self.device)
+            self._text_device = torch.device("cpu")
+        elif profile is MemoryProfile.MODEL_OFFLOAD:
+            pipe.enable_model_cpu_offload(device=self.device)
+            self._compute_device = pipe._execution_device
+            self._text_device = self._compute_device
+        else:  # resident or cpu
+            pipe.to(self.device)
+
+        # 4. Fast paths on the placed transformer; compile runs lazily, in warmup().
+        if config.attention_backend == AUTO:
+            self.attention_backend = _choose_attention_backend(
+                pipe.transformer, self.device, self.dtype
+            )
+        elif config.attention_backend is not None:
+            _set_attention_backend(pipe.transformer, config.attention_backend, self.device)
+            self.attention_backend = config.attention_backend
+        if config.compile_blocks:
+            pipe.transformer.compile_repeated_blocks(fullgraph=True)
         self._pipe = pipe
         logger.info(
-            "loaded FLUX.2 from %s on %s (%s, schedule %s) in %.1f s",
+            "loaded FLUX.2 from %s on %s (%s, schedule %s, profile %s%s) in %.1f s",
             path,
             self.device,
             str(self.dtype).removeprefix("torch."),
-            self.config.schedule.name,
+            config.schedule.name,
+            profile.value,
+            "".join(f", {name}" for name in self.fast_paths),
             time.perf_counter() - started,
         )
 
-    def warmup(self) -> None:
-        reference = Image.new("RGB", (64, 64), (128, 128, 128))
-        self.run(
-            [
-                EditRequest(
-                    request_id="warmup",
-                    prompt="warm up",
-                    images=(reference,),
-                    size=ImageSize(64, 64),
-                    seed=0,
-                )
-            ]
+    @property
+    def fast_paths(self) -> tuple[str, ...]:
+        """The fast paths this engine was configured with, for logs and benchmarks."""
+        config = self.config
+        paths = []
+        if config.attention_backend is not None:
+            paths.append(f"attention {self.attention_backend or config.attention_backend}")
+        if config.fuse_qkv:
+            paths.append("fused QKV")
+        if config.compile_blocks:
+            paths.append("compiled blocks")
+        if config.quantize is not None:
+            paths.append(config.quantize)
+        if not config.allow_prompt_expansion:
+            paths.append("encode-only text encoder")
+        return tuple(paths)
+
+    def _plan(self, path: Path, override: MemoryProfile | None) -> Plan:
+        if self.device.type != "cuda":
+            return plan(None, _UNSIZED, override=override)
+        sizes = measure_checkpoint(path, dtype_bytes=self.dtype.itemsize)
+        free, total = torch.cuda.mem_get_info(self.device)
+        logger.info(
+            "GPU %s: %.1f GB free of %.1f GB; weights %.1f GB (transformer %.1f, text encoder "
+            "%.1f, VAE %.2f)",
+            self.device,
+            free / 1e9,
+            total / 1e9,
+            sizes.total / 1e9,
+            sizes.transformer / 1e9,
+            sizes.text_encoder / 1e9,
+            sizes.vae / 1e9,
         )
+        return plan(
+            free,
+            sizes,
+            override=override,
+            fp8=self.config.quantize == "fp8",
+            encode_only_text_encoder=not self.config.allow_prompt_expansion,
+            extra_bytes=self.config.prompt_cache_bytes,
+        )
+
+    def warmup(self) -> None:
+        """Run a small edit so lazy initialisation (CUDA kernels, compile) is not paid by a user.
+
+        With ``compile_blocks`` two more edits follow, another size and then another batch:
+        torch.compile recompiles on each with the changed dimension marked dynamic
+        (``automatic_dynamic_shapes``), leaving one graph for a single image and one for batches
+        of two or more (size-1 dimensions are always specialised), both with a dynamic sequence
+        length, which later requests of any size reuse instead of compiling again.
+        """
+        started = time.perf_counter()
+        shapes = [(64, 1)] + ([(96, 1), (64, 2)] if self.config.compile_blocks else [])
+        for side, num_images in shapes:
+            reference = Image.new("RGB", (side, side), (128, 128, 128))
+            self.run(
+                [
+                    EditRequest(
+                        request_id="warmup",
+                        prompt="warm up",
+                        images=(reference,),
+                        size=ImageSize(side, side),
+                        seed=0,
+                        num_images=num_images,
+                    )
+                ]
+            )
+        logger.info("warm-up took %.1f s", time.perf_counter() - started)
 
     # -- running -----------------------------------------------------------------------------
 
@@ -186,6 +350,12 @@ class Flux2Engine:
     ) -> list[EditResult]:
         for request in batch:
             validate_request(request, target_pixels=self.config.reference_pixels)
+            if request.enable_prompt_expansion and not self.config.allow_prompt_expansion:
+                raise InvalidRequest(
+                    "prompt expansion is disabled on this server",
+                    loc=("body", "enable_prompt_expansion"),
+                    input=True,
+                )
         groups: dict[tuple[object, ...], list[int]] = {}
         for index, request in enumerate(batch):
             key = request.batch_key(self.config.reference_pixels)
@@ -215,7 +385,7 @@ class Flux2Engine:
         should_cancel: CancelCheck | None,
     ) -> list[EditResult]:
         pipe = self.pipe
-        device = pipe._execution_device
+        device = self._compute_device
         schedule = self.config.schedule
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -356,14 +526,14 @@ class Flux2Engine:
         pil_refs = [
             self.resize_reference(im, s) for im, s in zip(request.images, sizes, strict=True)
         ]
-        devices = [self.device] if self.device.type == "cuda" else []
+        devices = [self._text_device] if self._text_device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(request.seed)
             expanded = self.pipe.upsample_prompt(
                 request.prompt,
                 images=[pil_refs],
                 temperature=self.config.expansion_temperature,
-                device=self.device,
+                device=self._text_device,
             )
         text = expanded[0].strip() if expanded else ""
         return text or request.prompt
@@ -382,13 +552,17 @@ class Flux2Engine:
         cached = self.prompt_cache.get(key) if self.config.prompt_cache_bytes else None
         if cached is not None:
             return cached[0], cached[1]
+        # On the text encoder's device (the CPU when it is offloaded), then to the GPU: the
+        # cache keeps them where the transformer reads them.
         embeds, text_ids = pipe.encode_prompt(
             prompt=prompt,
-            device=pipe._execution_device,
+            device=self._text_device,
             num_images_per_prompt=1,
             max_sequence_length=self.config.max_sequence_length,
             text_encoder_out_layers=TEXT_ENCODER_LAYERS,
         )
+        embeds = embeds.to(self._compute_device)
+        text_ids = text_ids.to(self._compute_device)
         if self.config.prompt_cache_bytes:
             self.prompt_cache.put(key, (embeds, text_ids))
         return embeds, text_ids
@@ -461,6 +635,158 @@ def _fuse_lora(pipe: Flux2Pipeline, path: Path, scale: float) -> None:
     logger.info("fused LoRA %s (scale %s)", path, scale)
 
 
+def _trim_text_encoder(text_encoder: Any, keep_layers: int) -> None:
+    """Drop what prompt encoding never reads: decoder layers past ``keep_layers``, the
+    ``lm_head`` (its logits are computed but unused), the vision tower and the projector.
+
+    ``hidden_states[10, 20, 30]`` stay bit-identical (§2.8 of the diffusers notes); prompt
+    expansion (``generate``) no longer works, so the engine refuses it.
+    """
+    model = text_encoder.model
+    language_model = model.language_model
+    if len(language_model.layers) > keep_layers:
+        language_model.layers = language_model.layers[:keep_layers]
+        language_model.config.num_hidden_layers = keep_layers
+    text_encoder.lm_head = torch.nn.Identity()
+    model.vision_tower = None
+    model.multi_modal_projector = None
+    logger.info("text encoder trimmed to %d decoder layers, no lm_head or vision", keep_layers)
+
+
+def _fuse_qkv(transformer: Any) -> None:
+    """``fuse_qkv_projections()``, then free the unfused copies it leaves behind.
+
+    diffusers keeps ``to_q/to_k/to_v`` (and ``add_*_proj``) next to the fused ``to_qkv`` /
+    ``to_added_qkv``, which would cost FLUX.2 [dev] about 3.6 GB more. Once fused, the forward
+    reads only the fused layers, so the originals are deleted (the engine never unfuses).
+    """
+    transformer.fuse_qkv_projections()
+    for module in transformer.modules():
+        if not getattr(module, "fused_projections", False):
+            continue
+        names = ["to_q", "to_k", "to_v"] if hasattr(module, "to_qkv") else []
+        if hasattr(module, "to_added_qkv"):
+            names += ["add_q_proj", "add_k_proj", "add_v_proj"]
+        for name in names:
+            delattr(module, name)
+    logger.info("fused the QKV projections")
+
+
+def _check_quantize(quantize: str | None, device: torch.device) -> None:
+    if quantize is None:
+        return
+    if quantize not in QUANTIZE_CHOICES:
+        raise ConfigError(f"unknown quantize {quantize!r}: use {', '.join(QUANTIZE_CHOICES)}")
+    if device.type != "cuda":
+        raise ConfigError(
+            f"quantize=fp8 needs a CUDA GPU with compute capability >= 8.9 (Ada, Hopper, "
+            f"Blackwell); this engine runs on {device}"
+        )
+    capability = torch.cuda.get_device_capability(device)
+    if capability < FP8_MIN_CAPABILITY:
+        raise ConfigError(
+            f"quantize=fp8 needs compute capability >= 8.9; {device} has "
+            f"{capability[0]}.{capability[1]}"
+        )
+    try:
+        importlib.import_module("torchao.quantization")
+    except ImportError as exc:
+        raise ConfigError(f"quantize=fp8 needs torchao (pip install torchao): {exc}") from exc
+
+
+def _quantize_fp8(transformer: Any, device: torch.device) -> None:
+    """Linear weights to float8 e4m3 with one scale per row, activations quantized on the fly.
+
+    torchao quantizes on the GPU (``device``); the transformer ends up there.
+    """
+    quantization = importlib.import_module("torchao.quantization")
+    config = quantization.Float8DynamicActivationFloat8WeightConfig(
+        granularity=quantization.PerRow()
+    )
+    quantization.quantize_(transformer, config, device=device)
+    logger.info("transformer linear weights quantized to fp8 (torchao, per row)")
+
+
+def available_attention_backends(device: torch.device) -> list[str]:
+    """The diffusers attention backends whose requirements are met for ``device``."""
+    from diffusers.models.attention_dispatch import (
+        AttentionBackendName,
+        _check_attention_backend_requirements,
+    )
+
+    names = []
+    for backend in AttentionBackendName:
+        if device.type != "cuda" and backend.value not in CPU_ATTENTION_BACKENDS:
+            continue
+        try:
+            _check_attention_backend_requirements(backend)
+        except Exception:  # "not installed", in any form, means "not available"
+            continue
+        names.append(backend.value)
+    return names
+
+
+def _needs_half_precision(name: str) -> bool:
+    """FlashAttention (every flavour, SDPA's included), SageAttention and AITER take fp16/bf16."""
+    return any(word in name for word in ("flash", "sage", "aiter"))
+
+
+def _check_attention_backend(name: str, device: torch.device, dtype: torch.dtype) -> None:
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    known = {backend.value for backend in AttentionBackendName}
+    available = available_attention_backends(device)
+    if name not in known:
+        raise ConfigError(
+            f"unknown attention_backend {name!r}; available here: {', '.join(available)}"
+        )
+    if name not in available:
+        raise ConfigError(
+            f"attention_backend {name!r} is not available on {device} (package missing, or not "
+            f"a {device.type} backend); available here: {', '.join(available)}"
+        )
+    if _needs_half_precision(name) and dtype not in (torch.bfloat16, torch.float16):
+        raise ConfigError(
+            f"attention_backend {name!r} needs dtype bfloat16 or float16, not "
+            f"{str(dtype).removeprefix('torch.')}"
+        )
+
+
+def _set_attention_backend(transformer: Any, name: str, device: torch.device) -> None:
+    """``set_attention_backend``; hub kernels (``*_hub``) are fetched then, from the local hub
+    cache when offline."""
+    try:
+        transformer.set_attention_backend(name)
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot use attention_backend {name!r}: {exc}; available here: "
+            f"{', '.join(available_attention_backends(device))}"
+        ) from exc
+    logger.info("attention backend: %s", name)
+
+
+def _choose_attention_backend(transformer: Any, device: torch.device, dtype: torch.dtype) -> str:
+    """``attention_backend=auto``: the first of FlashAttention 3 (Hopper: the local build, then
+    the hub kernel), FlashAttention 2 and ``native`` that is installed and loads."""
+    wanted = []
+    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        if torch.cuda.get_device_capability(device)[0] == 9:
+            wanted += ["_flash_3", "_flash_3_hub"]
+        wanted.append("flash")
+    available = set(available_attention_backends(device))
+    for name in [*wanted, "native"]:
+        if name not in available:
+            continue
+        try:
+            transformer.set_attention_backend(name)
+        except Exception as exc:  # e.g. a hub kernel that is not cached while offline
+            logger.info("attention backend %s did not load (%s); trying the next", name, exc)
+            continue
+        logger.info("attention backend (auto): %s", name)
+        return name
+    raise ConfigError("no attention backend loads here, not even 'native'")
+
+
 def quiet_libraries() -> None:
     """Silence diffusers' loading bars and transformers' chatter; our logs say what matters."""
     import diffusers.utils.logging as diffusers_logging
@@ -489,4 +815,4 @@ def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
-__all__ = ["Flux2Engine", "Flux2EngineConfig", "quiet_libraries"]
+__all__ = ["Flux2Engine", "Flux2EngineConfig", "available_attention_backends", "quiet_libraries"]

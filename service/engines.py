@@ -11,6 +11,7 @@ from service.errors import ConfigError
 from service.settings import Settings
 
 if TYPE_CHECKING:
+    from pipelines.flux2 import Flux2EngineConfig
     from pipelines.protocol import EditEngine
 
 TINY = "tiny"
@@ -29,23 +30,34 @@ def resolve_model_path(settings: Settings, progress: Callable[[str], None] | Non
     return Path(settings.model).expanduser()
 
 
+def engine_config(settings: Settings, model_path: Path) -> Flux2EngineConfig:
+    """The FLUX.2 engine configuration ``settings`` describe, for the checkpoint ``model_path``."""
+    from pipelines.flux2 import Flux2EngineConfig
+
+    return Flux2EngineConfig(
+        model_path=model_path,
+        device=settings.device,
+        dtype=settings.dtype,
+        lora_path=settings.lora_path,
+        lora_scale=settings.lora_scale,
+        schedule=parse_schedule(settings.schedule),
+        reference_pixels=settings.reference_pixels,
+        prompt_cache_bytes=settings.prompt_cache_mb * 1024 * 1024,
+        memory_profile=settings.memory_profile,
+        attention_backend=settings.attention_backend,
+        fuse_qkv=settings.fuse_qkv,
+        compile_blocks=settings.compile_blocks,
+        quantize=settings.quantize,
+        allow_prompt_expansion=settings.allow_prompt_expansion,
+    )
+
+
 def create_engine(settings: Settings, progress: Callable[[str], None] | None = None) -> EditEngine:
     """A loaded FLUX.2 engine for ``settings`` (weights read from local disk only)."""
-    from pipelines.flux2 import Flux2Engine, Flux2EngineConfig, quiet_libraries
+    from pipelines.flux2 import Flux2Engine, quiet_libraries
 
     quiet_libraries()
-    engine = Flux2Engine(
-        Flux2EngineConfig(
-            model_path=resolve_model_path(settings, progress),
-            device=settings.device,
-            dtype=settings.dtype,
-            lora_path=settings.lora_path,
-            lora_scale=settings.lora_scale,
-            schedule=parse_schedule(settings.schedule),
-            reference_pixels=settings.reference_pixels,
-            prompt_cache_bytes=settings.prompt_cache_mb * 1024 * 1024,
-        )
-    )
+    engine = Flux2Engine(engine_config(settings, resolve_model_path(settings, progress)))
     if progress is not None:
         progress(f"loading FLUX.2 from {engine.config.model_path}")
     engine.load()

@@ -16,6 +16,8 @@ from pipelines.schedules import DEFAULT_SCHEDULE, parse_schedule
 from pipelines.sizes import REFERENCE_PIXELS
 from service.errors import ConfigError
 
+MemoryProfileName = Literal["auto", "resident", "offload_text_encoder", "model_offload", "cpu"]
+
 
 def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "flux2-edit"
@@ -61,6 +63,37 @@ class Settings(BaseSettings):
         ge=0,
         description="Memory for cached prompt embeddings (about 16 MB per prompt for the real "
         "model); 0 turns the cache off.",
+    )
+    memory_profile: MemoryProfileName = Field(
+        default="auto",
+        description="Where the weights live: auto (planned from the GPU's free memory), "
+        "resident (all on the GPU, ~113 GB bf16), offload_text_encoder (text encoder on the "
+        "CPU behind the prompt cache), model_offload (each model moved to the GPU while it "
+        "runs) or cpu. A profile that does not fit still applies, with a warning.",
+    )
+    attention_backend: str | None = Field(
+        default=None,
+        description="diffusers attention backend (native, flash, _flash_3, _flash_3_hub, "
+        "...), or auto: the best one installed (FlashAttention 3 on Hopper, then 2, then "
+        "native). Unset: PyTorch SDPA.",
+    )
+    fuse_qkv: bool = Field(
+        default=False, description="Fuse the transformer's Q/K/V projections (GPU fast path)."
+    )
+    compile_blocks: bool = Field(
+        default=False,
+        description="torch.compile the repeated transformer blocks at start (warm-up compiles "
+        "for a few minutes; GPU fast path).",
+    )
+    quantize: Literal["fp8"] | None = Field(
+        default=None,
+        description="fp8: transformer linear weights in float8 via torchao (pip install "
+        "'flux2-edit[fp8]'; CUDA compute capability >= 8.9). Unset: dtype.",
+    )
+    allow_prompt_expansion: bool = Field(
+        default=True,
+        description="false: requests with enable_prompt_expansion get 422, and the text "
+        "encoder is trimmed to the 31 layers prompt encoding reads (48 -> 36 GB).",
     )
     safety_checker: str = Field(
         default="opennsfw",
