@@ -5,10 +5,13 @@ thread (loading can take minutes), behind the :class:`pipelines.protocol.EditEng
 
 Three stages keep the GPU busy:
 
-* the **feeder** thread claims jobs (waiting at most ``batch_window`` for more to join, up to
-  ``max_batch_images`` output images), fetches and decodes their inputs on a thread pool, groups
-  them by shape, and hands the group of the oldest job to the GPU stage. Jobs of other groups are
-  released back to the queue at once, so they never wait behind a batch they cannot join;
+* the **feeder** thread claims jobs, up to ``max_batch_images`` output images, and starts
+  fetching and decoding each one's inputs on a thread pool the moment it is claimed. It keeps
+  gathering for as long as the GPU is busy with the previous batch (the jobs would wait anyway),
+  and for ``batch_window`` at most when the GPU is idle (a lone request waits no longer than
+  that). Then it groups the jobs by shape and hands the group of the oldest job to the GPU
+  stage. Jobs of other groups are released back to the queue at once, so they never wait behind
+  a batch they cannot join;
 * the **GPU** thread runs one batch at a time; every step logs ``step k/N`` to each job and renews
   the lease of every job the worker holds;
 * a **finisher** pool encodes images, stores them, completes jobs and sends webhooks.
@@ -29,7 +32,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -76,7 +79,8 @@ class WorkerState(StrEnum):
 class WorkerOptions:
     """Args:
     max_batch_images: most output images one engine call makes (``num_images`` counts).
-    batch_window: seconds the feeder waits for more jobs to join a batch.
+    batch_window: seconds the feeder waits for more jobs to join a batch while the GPU is
+        idle (while it is busy, jobs join until it is free).
     reference_pixels: references are resized to about this many pixels.
     claim_timeout: how long one blocking claim waits (bounds shutdown latency).
     expire_every, reap_every: seconds between expiry and crash-recovery sweeps.
@@ -110,6 +114,12 @@ class Prepared:
 
 _STOP = object()
 IMAGE_CACHE_JOBS = 32
+#: While the GPU is busy, how often the gathering feeder looks whether it has become free.
+GATHER_POLL_SECONDS = 0.01
+
+#: A claimed job and its preparation: the prepared job, or None when it is already finished
+#: (bad input, or a reference the safety checker flagged).
+Claimed = tuple[Job, "Future[Prepared | None]"]
 
 
 class Worker:
@@ -143,6 +153,7 @@ class Worker:
         self.engine_calls = 0
         self._stopping = threading.Event()
         self._ready = threading.Event()
+        self._gpu_idle = threading.Event()  # set while the GPU thread waits for a batch
         self._batches: queue_module.Queue[list[Prepared] | object] = queue_module.Queue(maxsize=1)
         self._held: set[str] = set()  # claimed and not yet completed or released
         self._held_lock = threading.Lock()
@@ -203,7 +214,9 @@ class Worker:
             self._ready.set()
         try:
             while True:
+                self._gpu_idle.set()
                 item = self._batches.get()
+                self._gpu_idle.clear()
                 if item is _STOP:
                     return
                 assert isinstance(item, list)
@@ -312,15 +325,13 @@ class Worker:
         try:
             while not self._stopping.is_set():
                 self._housekeeping()
-                jobs = self._claim_batch()
-                if not jobs:
-                    continue
                 if self.state is WorkerState.SETUP_FAILED or self.engine is None:
+                    jobs = self._claim(self.options.claim_timeout)
                     failure = error_outcome(WorkerDead(f"the model failed to load: {self.error}"))
                     for job in jobs:
                         self._finish(job, failure)
                     continue
-                group = self._prepare_and_group(jobs)
+                group = self._group(self._claim_batch())
                 if group:
                     self._hand_over(group)
         except Exception as exc:
@@ -355,26 +366,31 @@ class Worker:
         for job_id in self.queue.expire():
             self.store.delete(job_id)
 
-    def _claim_batch(self) -> list[Job]:
-        """Block for one job, then let others join for ``batch_window`` up to the image limit."""
-        jobs = self._claim(self.options.claim_timeout)
-        if not jobs:
+    def _claim_batch(self) -> list[Claimed]:
+        """Block for one job, then let compatible others join up to the image limit: for as long
+        as the GPU is busy, and for ``batch_window`` at most once it is idle. Each job's inputs
+        are being prepared from the moment it is claimed."""
+        first = self._claim(self.options.claim_timeout)
+        if not first:
             return []
-        images = _num_images(jobs[0])
+        claimed = [self._start_preparing(first[0])]
+        images = _num_images(first[0])
         deadline = time.monotonic() + self.options.batch_window
         while images < self.options.max_batch_images and not self._stopping.is_set():
             left = deadline - time.monotonic()
             if left <= 0:
-                break
+                if self._gpu_idle.is_set():
+                    break
+                left = GATHER_POLL_SECONDS  # the GPU is busy: keep gathering
             more = self._claim(left)
             if not more:
-                break
+                continue
             if images + _num_images(more[0]) > self.options.max_batch_images:
                 self._release([more[0].id])  # too big to join: first in line for the next one
                 break
-            jobs += more
+            claimed.append(self._start_preparing(more[0]))
             images += _num_images(more[0])
-        return jobs
+        return claimed
 
     def _claim(self, timeout: float) -> list[Job]:
         jobs = self.queue.claim(1, timeout)
@@ -382,23 +398,29 @@ class Worker:
             self._held.update(job.id for job in jobs)
         return jobs
 
-    def _prepare_and_group(self, jobs: list[Job]) -> list[Prepared]:
-        """Fetch inputs in parallel; keep the oldest job's group, release the others."""
-        for job in jobs:
-            self.queue.log(job.id, LogEntry("Preparing inputs"))
-        futures = [self._prepare_pool.submit(self.prepare, job) for job in jobs]
-        prepared: list[Prepared] = []
-        for job, future in zip(jobs, futures, strict=True):
-            try:
-                prepared.append(future.result())
-            except ValidationError as exc:
-                self._finish(job, validation_outcome(exc.errors(include_url=False)))
-            except Flux2Error as exc:
-                self._finish(job, error_outcome(exc))
-            except Exception as exc:
-                logger.exception("preparing %s failed", job.id)
-                self._finish(job, error_outcome(GenerationFailed(f"bad input: {exc}")))
-        prepared = [item for item in prepared if not self._input_flagged(item)]
+    def _start_preparing(self, job: Job) -> Claimed:
+        self.queue.log(job.id, LogEntry("Preparing inputs"))
+        return job, self._prepare_pool.submit(self._prepare_checked, job)
+
+    def _prepare_checked(self, job: Job) -> Prepared | None:
+        """The prepared job; None when it is already finished (bad input, flagged reference)."""
+        try:
+            item = self.prepare(job)
+        except ValidationError as exc:
+            self._finish(job, validation_outcome(exc.errors(include_url=False)))
+            return None
+        except Flux2Error as exc:
+            self._finish(job, error_outcome(exc))
+            return None
+        except Exception as exc:
+            logger.exception("preparing %s failed", job.id)
+            self._finish(job, error_outcome(GenerationFailed(f"bad input: {exc}")))
+            return None
+        return None if self._input_flagged(item) else item
+
+    def _group(self, claimed: list[Claimed]) -> list[Prepared]:
+        """The oldest prepared job's shape group; the other groups are released."""
+        prepared = [item for _, future in claimed if (item := future.result()) is not None]
         if not prepared:
             return []
         pixels = self.options.reference_pixels

@@ -82,6 +82,56 @@ def test_compatible_jobs_share_engine_calls(
     assert all(queue.view(j.id).outcome.ok for j in jobs)  # type: ignore[union-attr]
 
 
+def test_jobs_arriving_while_the_gpu_is_busy_join_the_next_batch(
+    queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
+) -> None:
+    """No window at all, yet the jobs that trickle in during a long batch run together next."""
+    engine = RecordingEngine(num_steps=4, step_seconds=0.25)
+    worker = start_worker(engine, queue, tmp_path, max_batch_images=4, batch_window=0.0)
+    running["worker"] = worker
+    first = make_job(input={"seed": 0})
+    queue.submit(first)
+    wait_until(lambda: len(engine.shapes) == 1)  # the GPU is busy with the first job
+    later = []
+    for seed in (1, 2, 3):  # far apart compared to the (zero) window
+        later.append(make_job(input={"seed": seed}))
+        queue.submit(later[-1])
+        time.sleep(0.15)
+    wait_until(all_done(queue, [first, *later]))
+    assert [len(call) for call in engine.shapes] == [1, 3]
+    assert engine.calls[1] == tuple(job.id for job in later)
+
+
+def test_an_idle_gpu_does_not_wait_past_the_window(
+    queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
+) -> None:
+    engine = RecordingEngine()
+    running["worker"] = start_worker(
+        engine, queue, tmp_path, max_batch_images=4, batch_window=0.05
+    )
+    first, second = make_job(input={"seed": 0}), make_job(input={"seed": 1})
+    queue.submit(first)
+    wait_until(all_done(queue, [first]))
+    queue.submit(second)  # after the first batch ran: never joins it
+    wait_until(all_done(queue, [second]))
+    assert engine.calls == [(first.id,), (second.id,)]
+
+
+def test_a_job_arriving_within_the_window_joins_an_idle_gpus_batch(
+    queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
+) -> None:
+    engine = RecordingEngine()
+    running["worker"] = start_worker(
+        engine, queue, tmp_path, max_batch_images=4, batch_window=1.0
+    )
+    first, second = make_job(input={"seed": 0}), make_job(input={"seed": 1})
+    queue.submit(first)
+    time.sleep(0.2)
+    queue.submit(second)
+    wait_until(all_done(queue, [first, second]))
+    assert engine.calls == [(first.id, second.id)]
+
+
 def test_num_images_counts_towards_the_batch_limit(
     queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
 ) -> None:
