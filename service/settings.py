@@ -141,7 +141,10 @@ class Settings(BaseSettings):
         default=4, ge=1, description="Most output images one engine call produces."
     )
     batch_window_ms: float = Field(
-        default=50.0, ge=0, description="How long a batch waits for compatible jobs to join."
+        default=10.0,
+        ge=0,
+        description="How long a batch waits for compatible jobs to join while the GPU is idle "
+        "(while it is busy, jobs join until it is free, up to max_batch_images).",
     )
     redis_url: str | None = Field(
         default=None,

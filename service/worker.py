@@ -91,7 +91,7 @@ class WorkerOptions:
     """
 
     max_batch_images: int = 4
-    batch_window: float = 0.05
+    batch_window: float = 0.01
     reference_pixels: int = 1024 * 1024
     claim_timeout: float = 0.25
     expire_every: float = 30.0
