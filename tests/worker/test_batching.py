@@ -106,9 +106,7 @@ def test_an_idle_gpu_does_not_wait_past_the_window(
     queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
 ) -> None:
     engine = RecordingEngine()
-    running["worker"] = start_worker(
-        engine, queue, tmp_path, max_batch_images=4, batch_window=0.05
-    )
+    running["worker"] = start_worker(engine, queue, tmp_path, max_batch_images=4, batch_window=0.05)
     first, second = make_job(input={"seed": 0}), make_job(input={"seed": 1})
     queue.submit(first)
     wait_until(all_done(queue, [first]))
@@ -121,9 +119,7 @@ def test_a_job_arriving_within_the_window_joins_an_idle_gpus_batch(
     queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
 ) -> None:
     engine = RecordingEngine()
-    running["worker"] = start_worker(
-        engine, queue, tmp_path, max_batch_images=4, batch_window=1.0
-    )
+    running["worker"] = start_worker(engine, queue, tmp_path, max_batch_images=4, batch_window=1.0)
     first, second = make_job(input={"seed": 0}), make_job(input={"seed": 1})
     queue.submit(first)
     time.sleep(0.2)
