@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.install-stamp
 PYTEST_ARGS ?=
+BENCH_ARGS  ?=
 
 .PHONY: install system-deps demo test lint fmt typecheck bench clean
 
@@ -29,6 +30,11 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy service pipelines weights benchmarks
+
+# The four benchmarks of benchmarks/RESULTS.md (the GPU one skips itself without CUDA), then the
+# plot; results land in benchmarks/results/. e.g. make bench BENCH_ARGS="--only bench_gpu"
+bench: install
+	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
 
 typecheck: install
 	$(VENV)/bin/mypy service pipelines weights benchmarks

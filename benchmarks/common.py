@@ -1,0 +1,370 @@
+"""Helpers shared by the benchmark scripts (no torch at import time).
+
+* :func:`run_record`: what every result file starts with: the script, the time, the git commit
+  (and whether the tree had uncommitted changes), the machine (CPU, memory, load average, GPU)
+  and library versions;
+* :func:`percentile` and :func:`summarize`: latency statistics (numpy's default ``linear``
+  interpolation, so p50 of an even count is the mean of the two middle values);
+* :class:`LoadMonitor`: samples the 1-minute load average while a benchmark runs, because the
+  2-core machines these run on are shared and a busy neighbour moves every figure;
+* :func:`write_json`, :func:`write_csv` and :func:`summary_line` (the one line each script
+  prints last, and what ``run_all`` echoes);
+* :func:`tiny_server`: a real ``flux2-edit serve --model tiny`` subprocess on a free port with its
+  own cache directory, for the HTTP benchmarks.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BASE_PACKAGES = ("torch", "diffusers", "transformers", "numpy", "pillow")
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100), interpolating linearly between closest ranks."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is outside 0..100")
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarize(values: Sequence[float], digits: int = 4) -> dict[str, float]:
+    """Count, p50, p95, mean, min and max of ``values``, rounded to ``digits`` decimals."""
+    return {
+        "n": len(values),
+        "p50": round(percentile(values, 50), digits),
+        "p95": round(percentile(values, 95), digits),
+        "mean": round(math.fsum(values) / len(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
+
+
+# -- what ran, where -------------------------------------------------------------------------
+
+
+def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
+    """The short commit sha and whether tracked files had uncommitted changes."""
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--untracked-files=no")
+    return {"sha": git("rev-parse", "--short", "HEAD") or "unknown", "dirty": bool(changed)}
+
+
+def package_versions(packages: Sequence[str]) -> dict[str, str]:
+    found = {}
+    for name in packages:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def _memory_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU, memory, load and, when torch is already imported, its threads and GPU."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "memory_gb": _memory_gb(),
+        "python": platform.python_version(),
+        "load_average_1_5_15": load_average(),
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        info["torch_threads"] = torch.get_num_threads()
+        cuda = torch.cuda.is_available()
+        info["gpu"] = torch.cuda.get_device_name() if cuda else None
+    return info
+
+
+def run_record(script: str, packages: Sequence[str] = BASE_PACKAGES) -> dict[str, Any]:
+    """The header of every result file."""
+    return {
+        "script": script,
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git": git_info(),
+        "machine": machine_info(),
+        "versions": package_versions(packages),
+    }
+
+
+def _cpu_fields() -> list[int] | None:
+    """The aggregate ``cpu`` line of /proc/stat: user nice system idle iowait irq softirq steal…"""
+    try:
+        return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of all CPUs since boot (steal counts as busy: not ours to use)."""
+    fields = _cpu_fields()
+    if fields is None or len(fields) < 5:
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def cpu_busy(interval: float = 1.0) -> float | None:
+    """Fraction (0..1) of all CPUs busy over the next ``interval`` seconds (None off Linux)."""
+    before = _cpu_times()
+    time.sleep(interval)
+    after = _cpu_times()
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def wait_for_quiet(
+    timeout: float, max_busy: float = 0.25, settle: int = 3, interval: float = 1.0
+) -> dict[str, Any]:
+    """Wait (at most ``timeout`` s) until other work leaves the CPUs mostly idle.
+
+    Quiet = ``settle`` consecutive ``interval``-second samples with at most ``max_busy`` of all
+    CPUs busy. Call it before a benchmark starts its own work; the result goes into the report,
+    so a figure taken on a busy machine says so.
+    """
+    started = time.monotonic()
+    calm, last = 0, None
+    while timeout > 0:
+        last = cpu_busy(interval)
+        if last is None:
+            break
+        calm = calm + 1 if last <= max_busy else 0
+        if calm >= settle or time.monotonic() - started >= timeout:
+            break
+    waited = time.monotonic() - started
+    if timeout > 0 and last is not None and calm < settle:
+        progress(f"the CPUs stayed busy ({100 * last:.0f} %) for {waited:.0f} s; going ahead")
+    return {
+        "waited_s": round(waited, 1),
+        "quiet": calm >= settle,
+        "cpu_busy_last": None if last is None else round(last, 2),
+        "max_busy": max_busy,
+    }
+
+
+class LoadMonitor:
+    """Samples the 1-minute load average every ``interval`` seconds on a daemon thread."""
+
+    def __init__(self, interval: float = 2.0) -> None:
+        self.interval = interval
+        self.samples: list[float] = []
+        self._cpu_start: list[int] | None = None
+        self._cpu_end: list[int] | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="load-monitor", daemon=True)
+
+    def _main(self) -> None:
+        while True:
+            load = load_average()
+            if load:
+                self.samples.append(load[0])
+            if self._stop.wait(self.interval):
+                return
+
+    def __enter__(self) -> LoadMonitor:
+        self._cpu_start = _cpu_fields()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._cpu_end = _cpu_fields()
+
+    def report(self) -> dict[str, Any]:
+        """Load (1-minute average) at the start and end of the run, its mean and max; with
+        /proc/stat, the fraction of CPU time busy (this benchmark included) and stolen by the
+        hypervisor over the run."""
+        if not self.samples:
+            return {"samples": 0}
+        report: dict[str, Any] = {
+            "samples": len(self.samples),
+            "start": self.samples[0],
+            "end": self.samples[-1],
+            "mean": round(math.fsum(self.samples) / len(self.samples), 2),
+            "max": max(self.samples),
+        }
+        start, end = self._cpu_start, self._cpu_end
+        if start and end and len(start) == len(end) == 8 and sum(end) > sum(start):
+            total = sum(end) - sum(start)
+            idle = (end[3] + end[4]) - (start[3] + start[4])
+            report["cpu_busy_fraction"] = round(1 - idle / total, 3)  # ours included
+            report["cpu_steal_fraction"] = round((end[7] - start[7]) / total, 3)  # the VM host's
+        return report
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def write_json(path: Path, report: Mapping[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """One line per row; the columns are every key seen, in first-seen order."""
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def progress(message: str) -> None:
+    """A progress note on stderr (stdout carries only the summary line)."""
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def summary_line(name: str, text: str) -> str:
+    """Print and return ``name: text`` on one line (newlines folded), flushed."""
+    line = f"{name}: {' '.join(text.split())}"
+    print(line, flush=True)
+    return line
+
+
+# -- a real server ---------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def flux2_edit_command() -> list[str]:
+    exe = shutil.which("flux2-edit", path=str(Path(sys.executable).parent))
+    return [exe] if exe else [sys.executable, "-m", "service.cli"]
+
+
+@dataclass(frozen=True)
+class Server:
+    origin: str
+    pid: int
+    log: Path
+
+
+class ServerFailed(RuntimeError):
+    pass
+
+
+@contextmanager
+def tiny_server(
+    root: Path, settings: Mapping[str, str], *, ready_timeout: float = 300.0
+) -> Iterator[Server]:
+    """Run ``flux2-edit serve --model tiny`` on a free loopback port until the block ends.
+
+    The server gets this environment minus every ``FLUX2_*`` variable, plus ``settings``
+    (``FLUX2_*`` names) and ``FLUX2_CACHE_DIR=root/cache`` unless ``settings`` names one, so it
+    never touches the user's cache or another run's port. Waits for ``/ready`` (the worker has
+    loaded the model and run its warm-up edit).
+    """
+    import httpx
+
+    root.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX2_")}
+    env["FLUX2_CACHE_DIR"] = str(root / "cache")
+    env.update(settings)
+    port = free_port()
+    log = root / f"server-{port}.log"
+    with log.open("w") as log_file:
+        process = subprocess.Popen(
+            [*flux2_edit_command(), "serve", "--model", "tiny", "--host", "127.0.0.1"]
+            + ["--port", str(port)],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+        )
+    origin = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + ready_timeout
+        with httpx.Client(timeout=5) as client:
+            while True:
+                if process.poll() is not None:
+                    raise ServerFailed(f"server exited early:\n{log.read_text()[-4000:]}")
+                try:
+                    if client.get(f"{origin}/ready").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise ServerFailed(f"server not ready after {ready_timeout:.0f} s")
+                time.sleep(0.2)
+        yield Server(origin=origin, pid=process.pid, log=log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
