@@ -17,7 +17,9 @@ bfloat16, materialised with ``to_empty(device="cuda")`` and filled with random v
   4,096 target tokens and 4,096 per 1 MP reference, for 1, 2 and 4 references. Variants: plain
   bf16 (PyTorch SDPA, the default), each attention backend that loads here, fused QKV
   projections, and regional compilation (``compile_repeated_blocks(fullgraph=True)``, last,
-  because it cannot be undone).
+  because it cannot be undone), then fp8 on a freshly built transformer (``FLUX2_QUANTIZE=fp8``:
+  torchao float8 weights and activations; recorded as unavailable without torchao or without
+  compute capability >= 8.9).
 * **Compute floor**: FLOPs per step over the measured bf16 matmul rate (``torch.matmul`` of two
   8192x8192 bf16 matrices). FLOPs per step = 2 x (weights each token passes through) + the
   attention, 4 x tokens² x (heads x head_dim) per block, for the 8 double- and 48 single-stream
@@ -489,6 +491,24 @@ def bench_transformer(
                 setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
         model.compile_repeated_blocks(fullgraph=True)
         measure("compile_repeated_blocks", first_call=True)
+    if "fp8" in args.variants:  # a fresh transformer: quantizing cannot be undone
+        from pipelines.flux2 import _check_quantize, _quantize_fp8
+
+        del model
+        torch._dynamo.reset()
+        ctx.free()
+        try:
+            _check_quantize("fp8", ctx.device)
+        except Exception as exc:  # no torchao, or a GPU without float8 tensor cores
+            rows.append({"variant": "fp8", "error": f"unavailable: {exc}"})
+            saved()
+            progress(f"fp8: unavailable ({exc})")
+            return
+        with torch.device("meta"):
+            model = Flux2Transformer2DModel(**config)
+        model = materialise(ctx, model)
+        _quantize_fp8(model, ctx.device)  # exactly what FLUX2_QUANTIZE=fp8 does
+        measure("fp8")
 
 
 def bench_vae(ctx: Context, config: dict[str, Any], side: int) -> dict[str, Any]:
@@ -619,7 +639,7 @@ def run(args: argparse.Namespace, report: dict[str, Any], save: Callable[[], Non
                 -1
             ].strip()
             progress(f"{section} failed: {report['errors'][section]}")
-        if section == "transformer" and "compile" in args.variants:
+        if section == "transformer" and {"compile", "fp8"} & set(args.variants):
             torch._dynamo.reset()  # drop compiled graphs before the next model is built
         ctx.free()
         save()
@@ -666,8 +686,8 @@ def main() -> int:
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=["backends", "fused_qkv", "compile"],
-        choices=["backends", "fused_qkv", "compile"],
+        default=["backends", "fused_qkv", "compile", "fp8"],
+        choices=["backends", "fused_qkv", "compile", "fp8"],
         help="fast paths measured after plain bf16",
     )
     parser.add_argument("--backends", nargs="+", default=list(ATTENTION_BACKENDS))

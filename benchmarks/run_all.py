@@ -6,7 +6,8 @@ Usage::
 
 Each script's progress goes to the terminal as it runs; its last stdout line is its one-line
 summary. A failing script does not stop the others. At the end the summaries are printed
-together and written to ``results/run_all.json``; the exit status is 1 if any script failed.
+together and written to ``results/run_all.json``, and ``results/summary.svg`` is redrawn from the
+recorded JSON (:mod:`benchmarks.plot`); the exit status is 1 if any script failed.
 The GPU benchmark skipping itself on a machine without CUDA (exit 0, ``skipped: …``) is not a
 failure.
 """
@@ -14,11 +15,15 @@ failure.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
+from benchmarks import plot
 from benchmarks.common import REPO_ROOT, RESULTS_DIR, git_info, write_json
 
 SCRIPTS = ("bench_service", "bench_batching", "bench_prompt_cache", "bench_gpu")
@@ -75,6 +80,26 @@ def run_one(name: str, timeout: float) -> Outcome:
     return Outcome(name, status_of(name, summary, exit_code), exit_code, round(seconds, 1), summary)
 
 
+def record_outcomes(path: Path, outcomes: list[Outcome]) -> dict[str, Any]:
+    """Write this run's outcomes into ``path``, keeping earlier ones of scripts that did not run
+    now (``--only``/``--skip``), each with the git commit it ran at, in ``SCRIPTS`` order."""
+    kept: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+            # Records written before outcomes had their own commit share the file's.
+            kept = {o["name"]: {"git": old.get("git"), **o} for o in old.get("outcomes", [])}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            kept = {}  # unreadable: start again
+    git = git_info()
+    for outcome in outcomes:
+        kept[outcome.name] = {**asdict(outcome), "git": git}
+    ordered = [kept[name] for name in SCRIPTS if name in kept]
+    report = {"outcomes": ordered}
+    write_json(path, report)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=SCRIPTS, help="run just these")
@@ -86,10 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     print("== summaries", flush=True)
     for outcome in outcomes:
         print(f"[{outcome.status}] {outcome.summary}", flush=True)
-    write_json(
-        RESULTS_DIR / "run_all.json",
-        {"git": git_info(), "outcomes": [asdict(outcome) for outcome in outcomes]},
-    )
+    record_outcomes(RESULTS_DIR / "run_all.json", outcomes)
+    plot.main(["--results", str(RESULTS_DIR)])
     return 1 if any(outcome.status == "failed" for outcome in outcomes) else 0
 
 

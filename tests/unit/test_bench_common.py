@@ -25,7 +25,7 @@ from benchmarks.common import (  # noqa: E402
     write_csv,
     write_json,
 )
-from benchmarks.run_all import status_of, summary_of  # noqa: E402
+from benchmarks.run_all import Outcome, record_outcomes, status_of, summary_of  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -112,3 +112,30 @@ def test_free_port() -> None:
 def test_run_all_reads_summaries(stdout: str, code: int, summary: str, status: str) -> None:
     assert summary_of("bench_x", stdout, code) == summary
     assert status_of("bench_x", summary, code) == status
+
+
+def test_run_all_keeps_the_outcomes_of_scripts_that_did_not_run(tmp_path: Path) -> None:
+    path = tmp_path / "run_all.json"
+    record_outcomes(
+        path,
+        [
+            Outcome("bench_gpu", "skipped", 0, 1.0, "bench_gpu: skipped: no CUDA device"),
+            Outcome("bench_service", "ok", 0, 9.0, "bench_service: old"),
+        ],
+    )
+    report = record_outcomes(path, [Outcome("bench_service", "ok", 0, 8.0, "bench_service: new")])
+    assert [o["name"] for o in report["outcomes"]] == [
+        "bench_service",
+        "bench_gpu",
+    ]  # SCRIPTS order
+    assert report["outcomes"][0]["summary"] == "bench_service: new"
+    assert report["outcomes"][1]["status"] == "skipped"
+    assert all(o["git"]["sha"] for o in report["outcomes"])
+    assert json.loads(path.read_text()) == report
+
+
+def test_run_all_starts_again_from_an_unreadable_record(tmp_path: Path) -> None:
+    path = tmp_path / "run_all.json"
+    path.write_text("{not json")
+    report = record_outcomes(path, [Outcome("bench_gpu", "ok", 0, 1.0, "bench_gpu: fine")])
+    assert [o["name"] for o in report["outcomes"]] == ["bench_gpu"]
