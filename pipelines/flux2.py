@@ -54,6 +54,7 @@ from pipelines.memory import (
     plan,
 )
 from pipelines.prompt_cache import PromptEmbeddingCache
+from pipelines.references import resize_reference
 from pipelines.schedules import SCHEDULES, FlashSchedule
 from pipelines.sizes import REFERENCE_PIXELS, ImageSize
 from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback, StepEvent
@@ -516,10 +517,7 @@ class Flux2Engine:
     @staticmethod
     def resize_reference(image: Image.Image, size: ImageSize) -> Image.Image:
         """The reference exactly as the engine feeds it to the pipeline (RGB, ``size``)."""
-        image = image.convert("RGB")
-        if image.size != (size.width, size.height):
-            image = image.resize((size.width, size.height), Image.Resampling.LANCZOS)
-        return image
+        return resize_reference(image, size)
 
     def _expand(self, request: EditRequest) -> str:
         sizes = request.reference_sizes(self.config.reference_pixels)

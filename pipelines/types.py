@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
+from pipelines.references import resize_reference
 from pipelines.sizes import ImageSize, reference_size
 
 MAX_REFERENCES = 4
@@ -31,12 +32,34 @@ class EditRequest:
     num_images: int = 1
     guidance_scale: float = 2.5
     enable_prompt_expansion: bool = False
+    #: The reference pixel target ``images`` are already resized for (RGB, at their reference
+    #: sizes), or None when the engine still has to resize them.
+    prepared_for: int | None = None
 
     def reference_sizes(self, target_pixels: int) -> tuple[ImageSize, ...]:
+        """The size each reference is fed at: about ``target_pixels``, on the 16-pixel grid.
+
+        Sizing is not idempotent (flooring to the grid can step up on a second pass), so
+        references already prepared for ``target_pixels`` keep the size they have.
+        """
+        if self.prepared_for == target_pixels:
+            return tuple(ImageSize(*image.size) for image in self.images)
         return tuple(
             reference_size(*image.size, target_pixels=target_pixels, index=i)
             for i, image in enumerate(self.images)
         )
+
+    def with_prepared_references(self, target_pixels: int) -> EditRequest:
+        """This request with its references resized now, as the engine would resize them.
+
+        Raises:
+            InvalidRequest: a reference cannot be used (see :func:`reference_size`).
+        """
+        if self.prepared_for == target_pixels:
+            return self
+        sizes = self.reference_sizes(target_pixels)
+        images = tuple(resize_reference(im, s) for im, s in zip(self.images, sizes, strict=True))
+        return replace(self, images=images, prepared_for=target_pixels)
 
     def batch_key(self, target_pixels: int) -> tuple[object, ...]:
         """Requests with equal keys can share one denoising call (same tensor shapes).

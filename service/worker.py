@@ -157,7 +157,7 @@ class Worker:
         self._batches: queue_module.Queue[list[Prepared] | object] = queue_module.Queue(maxsize=1)
         self._held: set[str] = set()  # claimed and not yet completed or released
         self._held_lock = threading.Lock()
-        self._images: OrderedDict[str, tuple[Image.Image, ...]] = OrderedDict()
+        self._images: OrderedDict[str, tuple[tuple[Image.Image, ...], int | None]] = OrderedDict()
         self._prepare_pool = ThreadPoolExecutor(
             self.options.prepare_threads, thread_name_prefix="flux2-prepare"
         )
@@ -428,7 +428,7 @@ class Worker:
         group = [item for item in prepared if item.request.batch_key(pixels) == key]
         others = [item for item in prepared if item.request.batch_key(pixels) != key]
         for item in others:  # keep their decoded images in case this worker gets them back
-            self._images[item.job.id] = item.request.images
+            self._images[item.job.id] = (item.request.images, item.request.prepared_for)
             while len(self._images) > IMAGE_CACHE_JOBS:
                 self._images.popitem(last=False)
         if others:
@@ -455,7 +455,7 @@ class Worker:
         return True
 
     def prepare(self, job: Job) -> Prepared:
-        """The job's input, validated, with its reference images fetched and decoded."""
+        """The job's input, validated, with its reference images fetched, decoded and resized."""
         with request_context(job.id):
             return self._prepare(job)
 
@@ -464,19 +464,24 @@ class Worker:
         size_value: Any = fal_input.image_size
         if hasattr(size_value, "model_dump"):
             size_value = size_value.model_dump()
-        images = self._images.pop(job.id, None) or self._fetch(fal_input.used_image_urls())
+        # References this worker prepared before (then released the job) are reused as they are.
+        cached = self._images.pop(job.id, None)
+        images, prepared_for = cached or (self._fetch(fal_input.used_image_urls()), None)
         request = EditRequest(
             request_id=job.id,
             prompt=fal_input.prompt,
             images=images,
+            prepared_for=prepared_for,
             size=resolve_image_size(size_value),
             seed=fal_input.seed if fal_input.seed is not None else secrets.randbelow(2**31),
             num_images=fal_input.num_images,
             guidance_scale=fal_input.guidance_scale,
             enable_prompt_expansion=fal_input.enable_prompt_expansion,
         )
-        validate_request(request, target_pixels=self.options.reference_pixels)
-        return Prepared(job=job, input=fal_input, request=request)
+        pixels = self.options.reference_pixels
+        validate_request(request, target_pixels=pixels)
+        # Resized here, on a prepare thread, so the GPU thread does not spend its time on it.
+        return Prepared(job=job, input=fal_input, request=request.with_prepared_references(pixels))
 
     def _fetch(self, urls: list[str]) -> tuple[Image.Image, ...]:
         """A request's references, downloaded in parallel; the first failure is raised."""

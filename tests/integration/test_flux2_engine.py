@@ -119,6 +119,20 @@ def test_pixel_parity_with_a_direct_pipeline_call(
     assert max_diff(result.images[0], result.images[1]) > 0
 
 
+def test_references_prepared_by_the_worker_give_the_same_pixels(
+    fast_engine: Flux2Engine,
+) -> None:
+    """The worker resizes references on its prepare threads; the image must not change."""
+    refs = (noise_image(200, 577, 3).convert("RGBA"), noise_image(128, 96, 4))
+    edit = request(images=refs, seed=5)
+    prepared = edit.with_prepared_references(fast_engine.config.reference_pixels)
+    assert prepared.prepared_for is not None
+    assert [im.size for im in prepared.images] != [im.size for im in refs]
+    (raw,) = fast_engine.run([edit])
+    (ready,) = fast_engine.run([prepared])
+    assert max_diff(raw.images[0], ready.images[0]) == 0
+
+
 def test_same_seed_same_pixels_and_other_seed_other_pixels(fast_engine: Flux2Engine) -> None:
     (a,) = fast_engine.run([request(seed=3)])
     (b,) = fast_engine.run([request(seed=3)])

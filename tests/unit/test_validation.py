@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from pipelines.sizes import ImageSize
+from pipelines.sizes import ImageSize, reference_size
 from pipelines.types import EditRequest, EditResult, StepEvent
 from pipelines.validation import validate_request
 from service.errors import FieldProblem, InvalidRequest
@@ -214,3 +214,37 @@ def test_types_are_frozen_and_default_sensibly() -> None:
     event = StepEvent(step=1, total=8, request_ids=("r1",))
     with pytest.raises(dataclasses.FrozenInstanceError):
         event.step = 2  # type: ignore[misc]
+
+
+# -- references prepared off the GPU thread ----------------------------------------------------
+
+
+def _prepared_request(*sizes: tuple[int, int]) -> EditRequest:
+    images = tuple(Image.new("RGBA", size, (200, 10, 10, 255)) for size in sizes)
+    return EditRequest(request_id="r", prompt="p", images=images, size=ImageSize(512, 512), seed=1)
+
+
+def test_prepared_references_are_what_the_engine_would_feed() -> None:
+    request = _prepared_request((200, 577), (1500, 1000))
+    prepared = request.with_prepared_references(MP)
+    assert prepared.prepared_for == MP
+    assert prepared.reference_sizes(MP) == request.reference_sizes(MP)
+    for image, size in zip(prepared.images, request.reference_sizes(MP), strict=True):
+        assert image.mode == "RGB"
+        assert image.size == (size.width, size.height)
+    assert prepared.batch_key(MP) == request.batch_key(MP)
+
+
+def test_prepared_references_keep_their_size_where_sizing_twice_would_not() -> None:
+    """200x577 sizes to 592x1728, and 592x1728 would size to 592x1744: not idempotent."""
+    request = _prepared_request((200, 577))
+    (first,) = request.reference_sizes(MP)
+    assert reference_size(first.width, first.height, target_pixels=MP) != first
+    prepared = request.with_prepared_references(MP)
+    assert prepared.reference_sizes(MP) == (first,)
+    assert prepared.with_prepared_references(MP) is prepared
+
+
+def test_references_prepared_for_another_target_are_sized_again() -> None:
+    prepared = _prepared_request((1024, 1024)).with_prepared_references(MP)
+    assert prepared.reference_sizes(512 * 512) == (ImageSize(512, 512),)

@@ -27,6 +27,7 @@ class RecordingEngine(FakeEngine):
         self.fail = fail
         self.max_ok = max_ok  # requests per call above which `fail` is raised
         self.shapes: list[list[tuple[int, int]]] = []
+        self.requests: list[EditRequest] = []
 
     def run(
         self,
@@ -35,6 +36,7 @@ class RecordingEngine(FakeEngine):
         should_cancel: CancelCheck | None = None,
     ) -> list[EditResult]:
         self.shapes.append([(r.size.width, r.size.height) for r in batch])
+        self.requests += batch
         if self.fail is not None and len(batch) > self.max_ok:
             raise self.fail("CUDA error: out of memory")
         return super().run(batch, on_step, should_cancel)
@@ -126,6 +128,22 @@ def test_a_job_arriving_within_the_window_joins_an_idle_gpus_batch(
     queue.submit(second)
     wait_until(all_done(queue, [first, second]))
     assert engine.calls == [(first.id, second.id)]
+
+
+def test_references_reach_the_engine_already_resized(
+    queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
+) -> None:
+    """Resizing happens on the prepare threads, not on the GPU thread inside the engine."""
+    pixels = 128 * 128
+    job = make_job(input={"image_urls": [data_uri(300, 200), data_uri(64, 256)]})
+    queue.submit(job)
+    engine = RecordingEngine(reference_pixels=pixels)
+    running["worker"] = start_worker(engine, queue, tmp_path, reference_pixels=pixels)
+    wait_until(all_done(queue, [job]))
+    (seen,) = engine.requests
+    assert seen.prepared_for == pixels
+    assert [image.size for image in seen.images] == [(144, 96), (64, 256)]
+    assert all(image.mode == "RGB" for image in seen.images)
 
 
 def test_num_images_counts_towards_the_batch_limit(
