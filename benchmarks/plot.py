@@ -97,6 +97,12 @@ def _nice_top(value: float) -> float:
     return next(step * scale for step in (1, 2, 5, 10) if value <= step * scale * (1 + 1e-9))
 
 
+def _ticks(top: float) -> int:
+    """Grid intervals that give round labels: 5 for a top of 1 or 5 (x 10^k), 4 for 2."""
+    leading = round(top / 10.0 ** math.floor(math.log10(top)))
+    return 4 if leading == 2 else 5
+
+
 def _text(x: float, y: float, content: str, size: int = 11, anchor: str = "middle") -> str:
     return (
         f'<text x="{x:.1f}" y="{y:.1f}" font-size="{size}" text-anchor="{anchor}">'
@@ -112,9 +118,10 @@ def render_panel(panel: Panel, left: float, top: float) -> list[str]:
     values = [v for column in panel.series.values() for v in column]
     y_top = _nice_top(max(values, default=0.0))
     parts = [_text(left + PANEL_WIDTH / 2, top + 20, panel.title, size=13)]
-    for k in range(5):  # horizontal grid lines and their labels
-        value = y_top * k / 4
-        y = y0 - plot_h * k / 4
+    ticks = _ticks(y_top)
+    for k in range(ticks + 1):  # horizontal grid lines and their labels
+        value = y_top * k / ticks
+        y = y0 - plot_h * k / ticks
         parts.append(
             f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + plot_w}" y2="{y:.1f}" stroke="#ddd"/>'
         )

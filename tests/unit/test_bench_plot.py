@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.plot import _nice_top, main
+from benchmarks.plot import _nice_top, _ticks, main
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -69,3 +69,12 @@ def test_missing_results_leave_their_panel_out(tmp_path: Path) -> None:
 )
 def test_axis_tops_are_round_numbers(value: float, top: float) -> None:
     assert _nice_top(value) == pytest.approx(top)
+
+
+@pytest.mark.parametrize(
+    ("top", "labels"),
+    [(5.0, [0, 1, 2, 3, 4, 5]), (2.0, [0, 0.5, 1, 1.5, 2]), (0.5, [0, 0.1, 0.2, 0.3, 0.4, 0.5])],
+)
+def test_grid_labels_are_round(top: float, labels: list[float]) -> None:
+    ticks = _ticks(top)
+    assert [round(top * k / ticks, 9) for k in range(ticks + 1)] == labels
