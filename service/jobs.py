@@ -122,6 +122,27 @@ class Job:
 
 
 @dataclass(frozen=True)
+class CancelResult:
+    """What ``JobQueue.cancel`` did. ``completed`` is the job when the cancel completed it
+    itself (it was still queued): nobody else will, so its webhook is the caller's to send."""
+
+    outcome: CancelOutcome
+    completed: Job | None = None
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """What ``JobQueue.reap`` did: ids of jobs put back in the queue (their worker died), and the
+    jobs it completed as failed instead (dead letters), whose webhooks are now due."""
+
+    requeued: tuple[str, ...] = ()
+    failed: tuple[Job, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.requeued or self.failed)
+
+
+@dataclass(frozen=True)
 class JobView:
     """What the status endpoint needs, read in one go."""
 

@@ -355,8 +355,16 @@ class Worker:
         if now - self._last_reap > self.options.reap_every:
             self._last_reap = now
             reaped = self.queue.reap()
-            if reaped:
-                logger.warning("took back %d jobs from dead workers: %s", len(reaped), reaped)
+            if reaped.requeued:
+                logger.warning(
+                    "took back %d jobs from dead workers: %s",
+                    len(reaped.requeued),
+                    list(reaped.requeued),
+                )
+            for job in reaped.failed:  # dead letters: completed as failed, their webhook is due
+                logger.error("job %s lost its worker too often: failed", job.id)
+                if job.webhook_url and job.outcome is not None and self.webhooks is not None:
+                    self.webhooks.send(job.webhook_url, job.id, job.outcome)
         if now - self._last_expiry > self.options.expire_every:
             self.expire()
 
@@ -493,9 +501,16 @@ class Worker:
         return tuple(future.result() for future in futures)
 
     def _release(self, job_ids: list[str]) -> None:
+        """Give jobs back to the queue; one cancelled while this worker held it ends here
+        instead, with its webhook (the queue would complete it silently)."""
+        cancelled = {job_id for job_id in job_ids if self.queue.is_cancelled(job_id)}
+        for job_id in cancelled:
+            done = self.queue.complete(job_id, CANCELLED)  # None: completed already, or gone
+            if done is not None and done.webhook_url and self.webhooks is not None:
+                self.webhooks.send(done.webhook_url, job_id, CANCELLED)
         with self._held_lock:
             self._held.difference_update(job_ids)
-        self.queue.release(job_ids)
+        self.queue.release([job_id for job_id in job_ids if job_id not in cancelled])
 
     def _release_prepared(self) -> None:
         while True:

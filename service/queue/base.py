@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from service.jobs import CancelOutcome, Job, JobView, LogEntry, Outcome
+from service.jobs import CancelResult, Job, JobView, LogEntry, Outcome, Reaped
 
 
 class JobQueue(Protocol):
@@ -41,9 +41,10 @@ class JobQueue(Protocol):
         """Give claimed jobs back, at the front of the queue (a draining or splitting worker)."""
         ...
 
-    def reap(self) -> list[str]:
-        """Re-queue claimed jobs whose worker died (lease expired); a job delivered too often is
-        completed as failed (dead letter). Returns the ids acted on."""
+    def reap(self) -> Reaped:
+        """Re-queue claimed jobs whose worker died (lease expired); a job that lost its worker
+        too often is completed as failed instead (dead letter). Says which were which: the
+        caller sends the dead letters' webhooks."""
         ...
 
     def log(self, job_id: str, entry: LogEntry) -> None:
@@ -56,9 +57,10 @@ class JobQueue(Protocol):
         it, None when it was completed already or is unknown (so a webhook goes out once)."""
         ...
 
-    def cancel(self, job_id: str) -> CancelOutcome:
-        """Ask for a job to stop. A queued job is completed as cancelled at once; a running one
-        is flagged and the worker stops it before its next step."""
+    def cancel(self, job_id: str) -> CancelResult:
+        """Ask for a job to stop. A queued job is completed as cancelled at once (returned in
+        ``completed``, so the caller sends its webhook); a running one is flagged and the worker
+        stops it before its next step (and sends the webhook)."""
         ...
 
     def is_cancelled(self, job_id: str) -> bool:

@@ -6,7 +6,17 @@ import threading
 import time
 
 from service.errors import QueueFull
-from service.jobs import CancelOutcome, Job, JobStatus, JobView, LogEntry, Outcome, Priority
+from service.jobs import (
+    CancelOutcome,
+    CancelResult,
+    Job,
+    JobStatus,
+    JobView,
+    LogEntry,
+    Outcome,
+    Priority,
+    Reaped,
+)
 
 CANCELLED = Outcome(
     status_code=499,
@@ -94,8 +104,8 @@ class InMemoryJobQueue:
                 self._pending.insert(0, job_id)
             self._ready.notify_all()
 
-    def reap(self) -> list[str]:
-        return []
+    def reap(self) -> Reaped:
+        return Reaped()  # one process: no worker can die without the queue
 
     def log(self, job_id: str, entry: LogEntry) -> None:
         with self._lock:
@@ -113,18 +123,19 @@ class InMemoryJobQueue:
             self._finish(job, outcome)
             return job
 
-    def cancel(self, job_id: str) -> CancelOutcome:
+    def cancel(self, job_id: str) -> CancelResult:
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None or self._expired(job):
-                return CancelOutcome.NOT_FOUND
+                return CancelResult(CancelOutcome.NOT_FOUND)
             if job.status is JobStatus.COMPLETED:
-                return CancelOutcome.ALREADY_COMPLETED
+                return CancelResult(CancelOutcome.ALREADY_COMPLETED)
             job.cancel_requested = True
             if job.status is JobStatus.IN_QUEUE:
                 self._pending.remove(job_id)
                 self._finish(job, CANCELLED)
-            return CancelOutcome.REQUESTED
+                return CancelResult(CancelOutcome.REQUESTED, completed=job)
+            return CancelResult(CancelOutcome.REQUESTED)
 
     def is_cancelled(self, job_id: str) -> bool:
         with self._lock:

@@ -44,7 +44,17 @@ from redis.commands.core import Script
 from redis.typing import KeyT, StreamIdT
 
 from service.errors import QueueFull, StorageError
-from service.jobs import CancelOutcome, Job, JobStatus, JobView, LogEntry, Outcome, Priority
+from service.jobs import (
+    CancelOutcome,
+    CancelResult,
+    Job,
+    JobStatus,
+    JobView,
+    LogEntry,
+    Outcome,
+    Priority,
+    Reaped,
+)
 from service.queue.memory import CANCELLED
 
 GROUP = "workers"
@@ -219,12 +229,13 @@ return 0
 
 # ARGV: idle_ms, max_deliveries, now, ttl_ms, dead-letter outcome, timestamp, requeue log line,
 # dead log line. Takes back jobs whose lease lapsed: requeued at the front, or, once they were lost
-# max_deliveries times, dead-lettered and completed as failed. Returns the ids acted on.
+# max_deliveries times, dead-lettered and completed as failed. Returns {requeued ids, snapshots of
+# the dead-lettered jobs} (their webhooks are the caller's to send).
 _REAP = """
 local idle_ms, max_lost, now, ttl = ARGV[3], tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local outcome, requeue_log, dead_log = ARGV[7], ARGV[8], ARGV[9]
 -- ARGV[10]: pending entries looked at per stream; ARGV[11]: dead-letter stream MAXLEN
-local acted = {}
+local requeued, dead = {}, {}
 for i = 1, 3 do
   local pending = redis.call('XPENDING', STREAMS[i], GROUP, 'IDLE', idle_ms, '-', '+', ARGV[10])
   for _, p in ipairs(pending) do
@@ -245,18 +256,18 @@ for i = 1, 3 do
                      'stream', STREAMS[i], 'deliveries', redis.call('HGET', req, 'deliveries'))
           redis.call('RPUSH', log_key(id), dead_log)
           finish(id, outcome, now, ttl)
-          table.insert(acted, id)
+          table.insert(dead, snapshot(id))
         else
           redis.call('RPUSH', log_key(id), requeue_log)
           unlink(req)
           enqueue(id, 1)
-          table.insert(acted, id)
+          table.insert(requeued, id)
         end
       end
     end
   end
 end
-return acted
+return {requeued, dead}
 """
 
 # ARGV: id, outcome, now, ttl_ms. Returns the completed job's snapshot, or false if it was
@@ -269,7 +280,8 @@ finish(id, ARGV[4], ARGV[5], ARGV[6])
 return snapshot(id)
 """
 
-# ARGV: id, cancelled outcome, now, ttl_ms.
+# ARGV: id, cancelled outcome, now, ttl_ms. Returns the CancelOutcome value, with the job's
+# snapshot when the cancel completed it (it was queued: nobody else will send its webhook).
 _CANCEL = """
 local id = ARGV[3]
 local req = req_key(id)
@@ -277,7 +289,10 @@ local status = redis.call('HGET', req, 'status')
 if not status then return 'NOT_FOUND' end
 if status == 'COMPLETED' then return 'ALREADY_COMPLETED' end
 redis.call('HSET', req, 'cancel', '1')
-if status == 'IN_QUEUE' then finish(id, ARGV[4], ARGV[5], ARGV[6]) end
+if status == 'IN_QUEUE' then
+  finish(id, ARGV[4], ARGV[5], ARGV[6])
+  return {'CANCELLATION_REQUESTED', snapshot(id)}
+end
 return 'CANCELLATION_REQUESTED'
 """
 
@@ -443,7 +458,7 @@ class RedisJobQueue:
         if job_ids:
             self._run("release", *job_ids)
 
-    def reap(self) -> list[str]:
+    def reap(self) -> Reaped:
         detail = (
             f"The worker running this request stopped responding {self.max_deliveries} "
             "times; it was not retried again"
@@ -454,7 +469,7 @@ class RedisJobQueue:
             error=detail,
             error_type="runner_disconnected",
         )
-        acted = self._run(
+        requeued, dead = self._run(
             "reap",
             int(self.lease_seconds * 1000),
             self.max_deliveries,
@@ -466,7 +481,10 @@ class RedisJobQueue:
             REAP_SCAN,
             DEAD_LETTER_MAXLEN,
         )
-        return [str(job_id) for job_id in acted]
+        return Reaped(
+            requeued=tuple(str(job_id) for job_id in requeued),
+            failed=tuple(_job(fields, logs) for _, fields, logs in dead),
+        )
 
     def log(self, job_id: str, entry: LogEntry) -> None:
         self._run("log", job_id, _dump(entry.to_json()))
@@ -480,11 +498,14 @@ class RedisJobQueue:
         _, fields, logs = found
         return _job(fields, logs)
 
-    def cancel(self, job_id: str) -> CancelOutcome:
+    def cancel(self, job_id: str) -> CancelResult:
         answer = self._run(
             "cancel", job_id, _dump(CANCELLED.to_json()), repr(time.time()), self._ttl_ms
         )
-        return CancelOutcome(answer)
+        if isinstance(answer, list):  # it was queued: completed here, with its snapshot
+            outcome, (_, fields, logs) = answer
+            return CancelResult(CancelOutcome(outcome), completed=_job(fields, logs))
+        return CancelResult(CancelOutcome(answer))
 
     def is_cancelled(self, job_id: str) -> bool:
         """True when cancellation was asked for, and for unknown, expired or completed jobs:

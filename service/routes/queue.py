@@ -116,14 +116,20 @@ async def result(request: Request, request_id: str) -> JSONResponse:
 async def cancel(request: Request, request_id: str) -> JSONResponse:
     if visible_view(request, request_id) is None:
         return _not_found(request_id)
-    outcome = _state(request).queue.cancel(request_id)
+    state = _state(request)
+    result = state.queue.cancel(request_id)
+    done = result.completed  # it was queued: no worker will send its webhook
+    if done is not None and done.webhook_url and done.outcome and state.webhooks is not None:
+        state.webhooks.send(done.webhook_url, done.id, done.outcome)
     code = {
         CancelOutcome.REQUESTED: 202,
         CancelOutcome.ALREADY_COMPLETED: 400,
         CancelOutcome.NOT_FOUND: 404,
-    }[outcome]
+    }[result.outcome]
     return JSONResponse(
-        {"status": outcome.value}, status_code=code, headers={"x-fal-request-id": request_id}
+        {"status": result.outcome.value},
+        status_code=code,
+        headers={"x-fal-request-id": request_id},
     )
 
 

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from service.errors import QueueFull, StorageError
-from service.jobs import CancelOutcome, Job, JobStatus, LogEntry, Outcome, Priority
+from service.jobs import CancelOutcome, Job, JobStatus, LogEntry, Outcome, Priority, Reaped
 from service.queue.base import JobQueue
 
 QueueFactory = Callable[..., JobQueue]  # the ``queue_factory`` fixture
@@ -114,7 +114,7 @@ def test_a_waiting_claim_wakes_up_for_a_new_job(queue: JobQueue) -> None:
 def test_claim_never_hands_out_a_cancelled_job(queue: JobQueue) -> None:
     queue.submit(job("a"))
     queue.submit(job("b"))
-    assert queue.cancel("a") is CancelOutcome.REQUESTED
+    assert queue.cancel("a").outcome is CancelOutcome.REQUESTED
     assert [j.id for j in queue.claim(5, 0.1)] == ["b"]
     assert queue.claim(5, 0.05) == []
 
@@ -174,7 +174,7 @@ def test_finish_now_records_a_completed_job(queue: JobQueue) -> None:
     assert (view.status, view.outcome, view.queue_position) == (JobStatus.COMPLETED, FAILED, None)
     assert view.owner == "key-1"
     assert queue.complete("bad", OK) is None
-    assert queue.cancel("bad") is CancelOutcome.ALREADY_COMPLETED
+    assert queue.cancel("bad").outcome is CancelOutcome.ALREADY_COMPLETED
     assert queue.claim(1, 0.05) == []
 
 
@@ -182,10 +182,20 @@ def test_finish_now_records_a_completed_job(queue: JobQueue) -> None:
 
 
 def test_cancelling_a_queued_job_completes_it_at_once(queue: JobQueue) -> None:
-    queue.submit(job("a"))
+    queue.submit(job("a", webhook_url="http://hook.test/a"))
     queue.submit(job("b"))
     assert queue.is_cancelled("a") is False
-    assert queue.cancel("a") is CancelOutcome.REQUESTED
+    result = queue.cancel("a")
+    assert result.outcome is CancelOutcome.REQUESTED
+    # The cancel completed it: the caller gets the job, to send its webhook.
+    done = result.completed
+    assert done is not None
+    assert (done.id, done.webhook_url, done.status) == (
+        "a",
+        "http://hook.test/a",
+        JobStatus.COMPLETED,
+    )
+    assert done.outcome is not None and done.outcome.status_code == 499
 
     view = queue.view("a")
     assert view is not None
@@ -202,7 +212,9 @@ def test_cancelling_a_running_job_flags_it(queue: JobQueue) -> None:
     queue.submit(job("a"))
     queue.claim(1, 1.0)
     assert queue.is_cancelled("a") is False
-    assert queue.cancel("a") is CancelOutcome.REQUESTED
+    result = queue.cancel("a")
+    assert result.outcome is CancelOutcome.REQUESTED
+    assert result.completed is None  # the worker completes it (and sends the webhook)
     assert queue.is_cancelled("a") is True
     view = queue.view("a")
     assert view is not None
@@ -214,8 +226,8 @@ def test_cancel_answers_for_completed_and_unknown_jobs(queue: JobQueue) -> None:
     queue.submit(job("a"))
     queue.claim(1, 1.0)
     queue.complete("a", OK)
-    assert queue.cancel("a") is CancelOutcome.ALREADY_COMPLETED
-    assert queue.cancel("unknown") is CancelOutcome.NOT_FOUND
+    assert queue.cancel("a").outcome is CancelOutcome.ALREADY_COMPLETED
+    assert queue.cancel("unknown").outcome is CancelOutcome.NOT_FOUND
     assert queue.is_cancelled("unknown") is True  # nothing to run
 
 
@@ -285,7 +297,7 @@ def test_results_expire_after_result_ttl(queue_factory: QueueFactory) -> None:
 
     assert queue.view("ran") is not None
     wait_for(lambda: queue.view("ran") is None and queue.view("failed") is None, timeout=5)
-    assert queue.cancel("ran") is CancelOutcome.NOT_FOUND
+    assert queue.cancel("ran").outcome is CancelOutcome.NOT_FOUND
     expired: set[str] = set()
     wait_for(lambda: expired.update(queue.expire()) or expired == {"ran", "failed"})
     assert queue.expire() == []  # each id once
@@ -344,11 +356,12 @@ def test_redis_an_expired_lease_hands_the_job_to_another_worker(redis_queues: Re
     b = redis_queues("worker-b", lease_seconds=0.5)
     a.submit(job("x"))
     assert [j.id for j in a.claim(1, 1.0)] == ["x"]
-    assert b.reap() == []  # the lease is alive
+    assert b.reap() == Reaped()  # the lease is alive
+    assert not b.reap()
     assert b.claim(1, 0.05) == []
 
     time.sleep(0.7)  # worker-a died: no heartbeat
-    assert b.reap() == ["x"]
+    assert b.reap() == Reaped(requeued=("x",))
     view = b.view("x")
     assert view is not None
     assert (view.status, view.queue_position) == (JobStatus.IN_QUEUE, 0)
@@ -358,7 +371,7 @@ def test_redis_an_expired_lease_hands_the_job_to_another_worker(redis_queues: Re
     assert (again.id, again.deliveries) == ("x", 2)
     a.heartbeat(["x"])  # a late heartbeat of the old owner does not take it back
     time.sleep(0.7)
-    assert a.reap() == ["x"]  # worker-b's lease lapsed too, not renewed by worker-a
+    assert a.reap().requeued == ("x",)  # worker-b's lease lapsed too, not renewed by worker-a
 
     # The first completion wins; the stale copy learns it has nothing left to do.
     (third,) = a.claim(1, 1.0)
@@ -376,7 +389,7 @@ def test_redis_a_heartbeat_keeps_a_long_job(redis_queues: RedisQueues) -> None:
     for _ in range(10):  # 1 s: well past the lease
         time.sleep(0.1)
         a.heartbeat(["long"])
-        assert b.reap() == []
+        assert b.reap() == Reaped()
     view = b.view("long")
     assert view is not None
     assert view.status is JobStatus.IN_PROGRESS
@@ -394,11 +407,19 @@ def test_redis_a_job_lost_max_deliveries_times_is_dead_lettered(
         a.release(["poison"])
     a.claim(1, 1.0)
     time.sleep(0.45)
-    assert b.reap() == ["poison"]
+    assert b.reap() == Reaped(requeued=("poison",))
     (claimed,) = b.claim(1, 1.0)
     assert claimed.deliveries == 5
     time.sleep(0.45)
-    assert a.reap() == ["poison"]
+    reaped = a.reap()
+    assert reaped.requeued == ()
+    (dead,) = reaped.failed  # completed as failed: its webhook is the reaper's to send
+    assert (dead.id, dead.webhook_url, dead.status) == (
+        "poison",
+        "http://hook.test",
+        JobStatus.COMPLETED,
+    )
+    assert dead.outcome is not None and dead.outcome.error_type == "runner_disconnected"
 
     view = a.view("poison")
     assert view is not None

@@ -107,23 +107,23 @@ def test_queue_full() -> None:
 
 def test_cancel() -> None:
     queue = InMemoryJobQueue()
-    assert queue.cancel("nope") is CancelOutcome.NOT_FOUND
+    assert queue.cancel("nope").outcome is CancelOutcome.NOT_FOUND
     queued, running, later = _job(), _job(), _job()
     queue.submit(running)
     queue.submit(queued)
     queue.submit(later)
     queue.claim(1, 0)
     assert _positions(queue, [queued, later]) == [0, 1]
-    assert queue.cancel(queued.id) is CancelOutcome.REQUESTED
+    assert queue.cancel(queued.id).outcome is CancelOutcome.REQUESTED
     view = queue.view(queued.id)
     assert view is not None and view.status is JobStatus.COMPLETED
     assert view.outcome == CANCELLED
     assert _positions(queue, [later]) == [0]
-    assert queue.cancel(running.id) is CancelOutcome.REQUESTED
+    assert queue.cancel(running.id).outcome is CancelOutcome.REQUESTED
     assert queue.is_cancelled(running.id)
     view = queue.view(running.id)
     assert view is not None and view.status is JobStatus.IN_PROGRESS  # the worker stops it
-    assert queue.cancel(queued.id) is CancelOutcome.ALREADY_COMPLETED
+    assert queue.cancel(queued.id).outcome is CancelOutcome.ALREADY_COMPLETED
     assert [j.id for j in queue.claim(5, 0)] == [later.id]  # the cancelled job is never handed out
     assert not queue.is_cancelled(later.id)
     assert queue.is_cancelled("unknown")  # gone: stop working on it
@@ -135,7 +135,7 @@ def test_released_cancelled_job_is_not_handed_out_again() -> None:
     job = _job()
     queue.submit(job)
     queue.claim(1, 0)
-    assert queue.cancel(job.id) is CancelOutcome.REQUESTED
+    assert queue.cancel(job.id).outcome is CancelOutcome.REQUESTED
     queue.release([job.id])  # e.g. a draining worker gives back a batch it did not start
     assert queue.claim(1, 0) == []
     view = queue.view(job.id)
@@ -193,6 +193,6 @@ def test_expire() -> None:
     while queue.view(done.id) is not None:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    assert queue.cancel(done.id) is CancelOutcome.NOT_FOUND
+    assert queue.cancel(done.id).outcome is CancelOutcome.NOT_FOUND
     assert queue.expire() == [done.id]
     assert queue.view(waiting.id) is not None  # only completed jobs expire

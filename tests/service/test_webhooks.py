@@ -164,3 +164,38 @@ def test_sync_run_sends_no_webhook(make_service: MakeService, sender: WebhookSen
         assert response.status_code == 200
         time.sleep(0.2)
         assert hook.count() == 0
+
+
+def test_cancelling_a_queued_job_sends_its_webhook(
+    make_service: MakeService, sender: WebhookSender
+) -> None:
+    svc = make_service(webhooks=sender, gated=True)  # the worker never starts: it stays queued
+    with webhook_server() as hook:
+        response = svc.client.post(SUBMIT_PATH, params={"fal_webhook": hook.url}, json=edit_body())
+        request_id = response.json()["request_id"]
+        assert svc.cancel(request_id).status_code == 202
+        wait_for(lambda: hook.count() == 1, what="the webhook")
+        [body] = hook.bodies
+        assert body["request_id"] == request_id
+        assert body["status"] == "ERROR"
+        assert body["error"] == "Invalid status code: 499"
+        assert body["payload"] == svc.result(request_id).json()
+        assert svc.cancel(request_id).status_code == 400  # already completed: no second one
+        time.sleep(0.2)
+        assert hook.count() == 1
+
+
+def test_cancelling_a_running_job_sends_one_webhook(
+    make_service: MakeService, sender: WebhookSender
+) -> None:
+    svc = make_service(webhooks=sender, num_steps=50, step_seconds=0.05)
+    with webhook_server() as hook:
+        response = svc.client.post(SUBMIT_PATH, params={"fal_webhook": hook.url}, json=edit_body())
+        request_id = response.json()["request_id"]
+        svc.wait_status(request_id, "IN_PROGRESS")
+        assert svc.cancel(request_id).status_code == 202
+        wait_for(lambda: hook.count() == 1, what="the webhook")  # sent by the worker
+        svc.wait_status(request_id)
+        time.sleep(0.2)
+        assert hook.count() == 1
+        assert hook.bodies[0]["error"] == "Invalid status code: 499"

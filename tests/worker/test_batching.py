@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from worker_helpers import all_done, data_uri, make_job, wait_until
+from worker_helpers import all_done, data_uri, make_job, wait_until, webhook_receiver
 
 from pipelines.fake import FakeEngine
 from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback
@@ -16,6 +16,7 @@ from service.errors import OutOfMemory
 from service.jobs import JobStatus
 from service.queue.memory import InMemoryJobQueue
 from service.storage.local import LocalArtifactStore
+from service.webhooks import WebhookSender
 from service.worker import Worker, WorkerOptions
 
 
@@ -285,3 +286,40 @@ def test_stop_drains_the_running_batch_and_leaves_the_rest_queued(
     states = [queue.view(job.id).status for job in rest]  # type: ignore[union-attr]
     assert states == [JobStatus.IN_QUEUE] * 3
     assert worker.held == set()
+
+
+def test_a_job_cancelled_while_held_gets_its_webhook_when_released(
+    queue: InMemoryJobQueue, tmp_path: Path
+) -> None:
+    """Claimed and prepared, waiting for the GPU, cancelled, then handed back on drain: the
+    queue would complete it silently; the worker completes it and sends its webhook."""
+    engine = RecordingEngine(num_steps=20, step_seconds=0.05)
+    sender = WebhookSender(attempts=3, backoff=0.05, timeout=5)
+    with webhook_receiver() as (url, received):
+        worker = Worker(
+            lambda: engine,
+            queue,
+            LocalArtifactStore(tmp_path / "files"),
+            webhooks=sender,
+            options=WorkerOptions(warmup=False, claim_timeout=0.05, max_batch_images=1),
+        )
+        worker.start()
+        try:
+            first, waiting = make_job(), make_job(webhook_url=url)
+            queue.submit(first)
+            wait_until(lambda: len(engine.calls) == 1)
+            queue.submit(waiting)
+            wait_until(lambda: waiting.id in worker.held)  # claimed while the GPU is busy
+            queue.cancel(waiting.id)
+            worker.stop(timeout=20)
+            wait_until(lambda: len(received) == 1)
+        finally:
+            worker.stop(timeout=5)
+            sender.close()
+    assert engine.calls == [(first.id,)]  # the cancelled job never ran
+    [body] = received
+    assert body["request_id"] == waiting.id
+    assert body["status"] == "ERROR"
+    assert body["payload"]["error_type"] == "client_cancelled"
+    view = queue.view(waiting.id)
+    assert view is not None and view.outcome is not None and view.outcome.status_code == 499
