@@ -28,7 +28,6 @@ takes CPU from the engine, which would measure the polling rather than the batch
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import tempfile
 import threading
@@ -42,14 +41,12 @@ from benchmarks.bench_service import REFERENCE_SIDE, queue_edit, reference_png, 
 from benchmarks.common import (
     RESULTS_DIR,
     LoadMonitor,
+    benchmark_parser,
     progress,
+    run_benchmark,
     run_record,
     summarize,
-    summary_line,
     tiny_server,
-    wait_for_quiet,
-    write_csv,
-    write_json,
 )
 
 NAME = "bench_batching"
@@ -314,26 +311,14 @@ def summary(report: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__, RESULTS_DIR / "batching.json")
     parser.add_argument("--per-client-1", type=int, default=12)
     parser.add_argument("--per-client-4", type=int, default=6)
     parser.add_argument("--per-client-16", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3, help="on/off alternations per level")
     parser.add_argument("--engine-repeats", type=int, default=5, help="in-process batch timings")
     parser.add_argument("--poll", type=float, default=0.1, help="status poll interval (s)")
-    parser.add_argument(
-        "--wait-quiet", type=float, default=60, help="wait up to N s for idle CPUs first (0: no)"
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "batching.json")
-    args = parser.parse_args()
-    for key in [k for k in os.environ if k.startswith("FLUX2_")]:
-        del os.environ[key]
-    quiet = wait_for_quiet(args.wait_quiet)
-    report = run(args)
-    report["quiet_before_start"] = quiet
-    write_json(args.out, report)
-    write_csv(args.out.with_suffix(".csv"), report["results"])
-    summary_line(NAME, summary(report))
+    report = run_benchmark(NAME, parser.parse_args(), run, summary)
     failed = sum(r["errors"] for r in report["results"])
     return 1 if failed else 0
 

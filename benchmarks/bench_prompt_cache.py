@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,13 +36,10 @@ from benchmarks.bench_service import REFERENCE_SIDE, reference_png
 from benchmarks.common import (
     RESULTS_DIR,
     LoadMonitor,
-    progress,
+    benchmark_parser,
+    run_benchmark,
     run_record,
     summarize,
-    summary_line,
-    wait_for_quiet,
-    write_csv,
-    write_json,
 )
 
 NAME = "bench_prompt_cache"
@@ -234,23 +230,10 @@ def summary(report: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__, RESULTS_DIR / "prompt-cache.json")
     parser.add_argument("--size", type=int, default=512, help="output side (512..2048)")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument(
-        "--wait-quiet", type=float, default=60, help="wait up to N s for idle CPUs first (0: no)"
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "prompt-cache.json")
-    args = parser.parse_args()
-    for key in [k for k in os.environ if k.startswith("FLUX2_")]:
-        del os.environ[key]
-    quiet = wait_for_quiet(args.wait_quiet)
-    report = run(args)
-    report["quiet_before_start"] = quiet
-    write_json(args.out, report)
-    write_csv(args.out.with_suffix(".csv"), report["results"])
-    progress(f"wrote {args.out}")
-    summary_line(NAME, summary(report))
+    run_benchmark(NAME, parser.parse_args(), run, summary)
     return 0
 
 

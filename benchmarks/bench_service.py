@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,14 +43,12 @@ from PIL import Image, ImageDraw
 from benchmarks.common import (
     RESULTS_DIR,
     LoadMonitor,
+    benchmark_parser,
     progress,
+    run_benchmark,
     run_record,
     summarize,
-    summary_line,
     tiny_server,
-    wait_for_quiet,
-    write_csv,
-    write_json,
 )
 
 NAME = "bench_service"
@@ -324,26 +321,14 @@ def summary(report: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__, RESULTS_DIR / "service.json")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024], choices=[512, 1024])
     parser.add_argument("--repeats-512", type=int, default=20)
     parser.add_argument("--repeats-1024", type=int, default=12)
     parser.add_argument(
         "--nsfw-repeats", type=int, default=6, help="queued edits per size with opennsfw (0: skip)"
     )
-    parser.add_argument(
-        "--wait-quiet", type=float, default=60, help="wait up to N s for idle CPUs first (0: no)"
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "service.json")
-    args = parser.parse_args()
-    for key in [k for k in os.environ if k.startswith("FLUX2_")]:
-        del os.environ[key]  # the in-process engine must see what the server sees
-    quiet = wait_for_quiet(args.wait_quiet)
-    report = run(args)
-    report["quiet_before_start"] = quiet
-    write_json(args.out, report)
-    write_csv(args.out.with_suffix(".csv"), report["results"])
-    summary_line(NAME, summary(report))
+    run_benchmark(NAME, parser.parse_args(), run, summary)
     return 0
 
 

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -290,6 +291,40 @@ def summary_line(name: str, text: str) -> str:
     line = f"{name}: {' '.join(text.split())}"
     print(line, flush=True)
     return line
+
+
+# -- a benchmark's main ---------------------------------------------------------------------
+
+
+def benchmark_parser(doc: str, out: Path) -> argparse.ArgumentParser:
+    """A parser with the options every CPU benchmark takes: ``--wait-quiet`` and ``--out``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument(
+        "--wait-quiet", type=float, default=60, help="wait up to N s for idle CPUs first (0: no)"
+    )
+    parser.add_argument("--out", type=Path, default=out, help="JSON result (CSV beside it)")
+    return parser
+
+
+def run_benchmark(
+    name: str,
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    summary: Callable[[dict[str, Any]], str],
+) -> dict[str, Any]:
+    """Run a benchmark the same way every time: with no ``FLUX2_*`` variables (in-process engines
+    must see what the servers see), after waiting for quiet CPUs; write its JSON and CSV
+    (``report["results"]``) and print its summary line. Returns the report."""
+    for key in [k for k in os.environ if k.startswith("FLUX2_")]:
+        del os.environ[key]
+    quiet = wait_for_quiet(args.wait_quiet)
+    report = run(args)
+    report["quiet_before_start"] = quiet
+    write_json(args.out, report)
+    write_csv(args.out.with_suffix(".csv"), report["results"])
+    progress(f"wrote {args.out}")
+    summary_line(name, summary(report))
+    return report
 
 
 # -- a real server ---------------------------------------------------------------------------

@@ -1,0 +1,85 @@
+"""The CPU benchmarks of ``make bench`` run end to end with tiny settings (numbers not checked:
+they belong in ``benchmarks/results``; what is checked is that each script works and records
+what RESULTS.md reads)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bench(name: str, out: Path, *args: str) -> tuple[str, dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", "--wait-quiet", "0", "--out", str(out), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    (line,) = [line for line in done.stdout.splitlines() if line.strip()]  # only the summary
+    assert line.startswith(f"{name}: ")
+    report = json.loads(out.read_text())
+    assert report["script"] == name
+    assert report["git"]["sha"] and report["machine"]["cpu_count"]
+    assert out.with_suffix(".csv").is_file()
+    return line, report
+
+
+def test_service_overhead(tmp_path: Path) -> None:
+    line, report = bench(
+        "bench_service",
+        tmp_path / "service.json",
+        *("--sizes", "512", "--repeats-512", "2", "--nsfw-repeats", "1"),
+    )
+    rows = {(r["safety_checker"], r["path"]): r for r in report["results"]}
+    assert set(rows) == {
+        ("none", "queue"),
+        ("none", "queue_poll100ms"),
+        ("none", "sync"),
+        ("none", "engine"),
+        ("opennsfw", "queue"),
+    }
+    queue = rows[("none", "queue")]
+    assert queue["n"] == 2
+    assert queue["p50_s"] > queue["engine_inference_p50_s"] > 0  # the server's engine time
+    assert queue["ratio_vs_engine"] == pytest.approx(
+        queue["p50_s"] / rows[("none", "engine")]["p50_s"], rel=1e-3
+    )
+    assert "512² none: queue p50" in line
+
+
+def test_batching(tmp_path: Path) -> None:
+    line, report = bench(
+        "bench_batching",
+        tmp_path / "batching.json",
+        *("--per-client-1", "1", "--per-client-4", "1", "--per-client-16", "1"),
+        *("--rounds", "1", "--engine-repeats", "1"),
+    )
+    combined = {(r["batching"], r["concurrency"]): r for r in report["combined"]}
+    assert set(combined) == {(mode, c) for mode in ("on", "off") for c in (1, 4, 16)}
+    assert all(r["errors"] == 0 and r["requests"] == r["concurrency"] for r in combined.values())
+    off = [r for r in report["results"] if r["batching"] == "off"]
+    assert all(r["jobs_by_batch_size"] == {"1": r["requests"]} for r in off)  # never batched
+    assert report["engine_alone"]["batch4_s_per_image"] > 0
+    assert "c=16: on" in line
+
+
+def test_prompt_cache(tmp_path: Path) -> None:
+    line, report = bench("bench_prompt_cache", tmp_path / "cache.json", "--repeats", "2")
+    cases = {r["case"]: r for r in report["results"]}
+    assert set(cases) == {"off", "cold", "warm"}
+    assert cases["warm"]["text_encoder_p50_s"] == 0  # served from the cache
+    assert cases["cold"]["text_encoder_p50_s"] > 0
+    assert report["real_model_estimate"]["estimate"] is True
+    assert "warm" in line
