@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -60,20 +61,51 @@ def measure(image: Image.Image, fmt: str, options: dict[str, Any], repeats: int)
             "bytes": size}  # fmt: skip
 
 
+def four_images(image: Image.Image, repeats: int = 5) -> list[dict[str, Any]]:
+    """A ``num_images=4`` job with the service's own encoders: one after another, and on four
+    threads as the worker does (Pillow releases the GIL while it encodes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.outputs import OutputFormat, encode_image
+
+    rows = []
+    images = [image.copy() for _ in range(4)]
+    for fmt in (OutputFormat.PNG, OutputFormat.WEBP, OutputFormat.JPEG):
+        times: dict[str, list[float]] = {"sequential": [], "4 threads": []}
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(repeats):
+                started = time.perf_counter()
+                for item in images:
+                    encode_image(item, fmt)
+                times["sequential"].append(time.perf_counter() - started)
+                started = time.perf_counter()
+                list(pool.map(encode_image, images, [fmt] * len(images)))
+                times["4 threads"].append(time.perf_counter() - started)
+        for how, values in times.items():
+            rows.append(
+                {"format": fmt.value, "how": how, "median_ms": statistics.median(values) * 1000}
+            )
+    return rows
+
+
 def main() -> None:
     image = picture()
     rows = [measure(image, fmt, options, repeats=7) for fmt, options in OPTIONS]
+    parallel = four_images(image)
     sha = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
     report = {"git_sha": sha, "machine": platform.machine(), "pillow": PIL.__version__,
-              "size": "1024x1024", "results": rows}  # fmt: skip
+              "size": "1024x1024", "cpu_count": os.cpu_count(), "results": rows,
+              "four_images": parallel}  # fmt: skip
     out = Path("benchmarks/results/outputs-cpu.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     for row in rows:
         print(f"{row['format']:5} {json.dumps(row['options']):40} "
               f"{row['median_ms']:7.1f} ms {row['bytes'] / 1024:8.0f} KiB")  # fmt: skip
+    for row in parallel:
+        print(f"4 x {row['format']:5} {row['how']:10} {row['median_ms']:7.1f} ms")
 
 
 if __name__ == "__main__":

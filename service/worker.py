@@ -88,6 +88,7 @@ class WorkerOptions:
     fail_jobs_when_broken: with an engine that failed to load, fail the jobs (one worker
         serves them all) or leave them in the queue for healthy workers (scale-out).
     prepare_threads, finish_threads: sizes of the CPU pools around the GPU stage.
+    encode_threads: images encoded at once (the images of one job are encoded in parallel).
     """
 
     max_batch_images: int = 4
@@ -99,6 +100,7 @@ class WorkerOptions:
     warmup: bool = True
     prepare_threads: int = 4
     finish_threads: int = 2
+    encode_threads: int = 4
     fail_jobs_when_broken: bool = True
     check_inputs: bool = True
     allow_disable_safety: bool = False
@@ -165,6 +167,10 @@ class Worker:
             self.options.finish_threads, thread_name_prefix="flux2-finish"
         )
         self._fetch_pool = ThreadPoolExecutor(8, thread_name_prefix="flux2-fetch")
+        # Pillow's encoders release the GIL: a job's images encode side by side.
+        self._encode_pool = ThreadPoolExecutor(
+            self.options.encode_threads, thread_name_prefix="flux2-encode"
+        )
         self._threads: list[threading.Thread] = []
         self._last_expiry = self._last_reap = time.monotonic()
 
@@ -185,6 +191,7 @@ class Worker:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._release_prepared()
         self._finish_pool.shutdown(wait=True)
+        self._encode_pool.shutdown(wait=True)
         self._prepare_pool.shutdown(wait=False, cancel_futures=True)
         self._fetch_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -565,8 +572,8 @@ class Worker:
         result: EditResult,
     ) -> Outcome:
         fmt = OutputFormat(item.input.output_format)
-        files = []
-        for image in images:
+
+        def encode(image: Image.Image) -> ImageFile:
             data = encode_image(image, fmt)
             name = f"{secrets.token_urlsafe(16)}.{fmt.extension}"
             if item.input.sync_mode:
@@ -574,16 +581,19 @@ class Worker:
             else:
                 key = self.store.put(item.job.id, name, data, fmt.content_type)
                 url = f"{item.job.base_url}/files/{key}"
-            files.append(
-                ImageFile(
-                    url=url,
-                    content_type=fmt.content_type,
-                    file_name=name,
-                    file_size=len(data),
-                    width=image.width,
-                    height=image.height,
-                )
+            return ImageFile(
+                url=url,
+                content_type=fmt.content_type,
+                file_name=name,
+                file_size=len(data),
+                width=image.width,
+                height=image.height,
             )
+
+        if len(images) == 1:
+            files = [encode(images[0])]
+        else:  # in parallel, in order
+            files = list(self._encode_pool.map(encode, images))
         output = Flux2FlashEditOutput(
             images=files,
             timings={k: round(v, 4) for k, v in result.timings.items()},

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from worker_helpers import all_done, data_uri, make_job, wait_until, webhook_receiver
 
 from pipelines.fake import FakeEngine
@@ -323,3 +326,29 @@ def test_a_job_cancelled_while_held_gets_its_webhook_when_released(
     assert body["payload"]["error_type"] == "client_cancelled"
     view = queue.view(waiting.id)
     assert view is not None and view.outcome is not None and view.outcome.status_code == 499
+
+
+def test_the_images_of_a_job_come_back_in_order(
+    queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
+) -> None:
+    """A job's images are encoded and stored in parallel; image k must still be seed + k."""
+    store = LocalArtifactStore(tmp_path / "files")
+    worker = Worker(
+        FakeEngine,
+        queue,
+        store,
+        options=WorkerOptions(warmup=False, claim_timeout=0.05, encode_threads=4),
+    )
+    running["worker"] = worker
+    worker.start()
+    job = make_job(input={"num_images": 4, "seed": 10, "output_format": "png"})
+    queue.submit(job)
+    wait_until(all_done(queue, [job]))
+    outcome = queue.view(job.id).outcome  # type: ignore[union-attr]
+    assert outcome is not None and outcome.ok
+    prompt = job.input["prompt"]
+    for k, file in enumerate(outcome.body["images"]):
+        key = file["url"].split("/files/", 1)[1]
+        image = Image.open(io.BytesIO(store.open(key).data))
+        digest = hashlib.sha256(f"{prompt}\0{10 + k}".encode()).digest()
+        assert image.getpixel((0, 0)) == tuple(digest[3:6])  # the fake engine's mark of seed+k
