@@ -22,8 +22,10 @@ The reference is one 256x256 PNG (sent as a ``data:`` URI) and ``FLUX2_REFERENCE
 256*256 on both sides, so the tiny model stays fast on a CPU; only the output size varies.
 Overhead = p50(end to end) - p50(engine); the ratio is p50(end to end) / p50(engine). The server
 also reports its own engine time (``timings.inference``), so ``e2e - inference`` per request is
-the overhead measured inside one process. A second, shorter pass runs the server with the
-default opennsfw checker (inputs and outputs checked) to show what the checker adds.
+the overhead measured inside one process. The very first request of each size after ``/ready``
+is recorded apart (``first_request_s`` of the queue row), to show what the start-up warm-up
+leaves. A second, shorter pass runs the server with the default opennsfw checker (inputs and
+outputs checked) to show what the checker adds.
 """
 
 from __future__ import annotations
@@ -201,16 +203,20 @@ def measure(
             assert engine_call is not None
             return engine_call()
 
-        for _ in range(warmup):
+        extras: dict[str, Any] = {}
+        for round_ in range(warmup):
             for path in paths:
-                once(path)
+                seconds, _ = once(path)
+                if round_ == 0 and path == paths[0]:
+                    # The first request of this size since the server said ready: the engine's
+                    # warm-up should have made it no slower than the rest.
+                    extras["first_request_s"] = round(seconds, 4)
         for i in range(repeats):
             for k in range(len(paths)):  # rotate the order every round
                 path = paths[(i + k) % len(paths)]
                 seconds, inference = once(path)
                 samples[path]["e2e"].append(seconds)
                 samples[path]["inference"].append(inference)
-    extras: dict[str, Any] = {}
     if outputs:
         extras["png_encode_s"], extras["png_bytes"] = png_encode_seconds(outputs[0])
     return samples, extras
@@ -237,8 +243,10 @@ def rows_for(
         if path != "engine":
             row["in_server_overhead_p50_s"] = summarize(inner)["p50"]
             row["in_server_overhead_p95_s"] = summarize(inner)["p95"]
-        else:
-            row.update(extras)  # PNG encoding is the service's work, not the engine's
+            if path == "queue" and "first_request_s" in extras:
+                row["first_request_s"] = extras["first_request_s"]
+        else:  # PNG encoding is the service's work, not the engine's
+            row.update({k: v for k, v in extras.items() if k.startswith("png_")})
         if engine_p50 is not None:
             row["overhead_vs_engine_p50_s"] = round(e2e["p50"] - engine_p50, 4)
             row["overhead_fraction"] = round((e2e["p50"] - engine_p50) / engine_p50, 4)
