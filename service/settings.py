@@ -7,9 +7,9 @@ options as keyword arguments, which win) and pass it down. No other module reads
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.schedules import DEFAULT_SCHEDULE, parse_schedule
@@ -215,6 +215,16 @@ class Settings(BaseSettings):
     @property
     def files_root(self) -> Path:
         return self.files_dir if self.files_dir is not None else self.cache_dir / "files"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_unset(cls, data: Any) -> Any:
+        """``FLUX2_REDIS_URL=`` (as compose files write an unset variable) means "not set" for
+        the settings that can be unset; other settings keep the empty string."""
+        if isinstance(data, dict):
+            optional = {name for name, f in cls.model_fields.items() if f.default is None}
+            return {k: None if v == "" and k in optional else v for k, v in data.items()}
+        return data
 
     @field_validator("schedule")
     @classmethod

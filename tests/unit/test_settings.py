@@ -133,3 +133,23 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(ValidationError):
         settings.port = 1
     assert settings.port == 8000
+
+
+@pytest.mark.parametrize(
+    "name", ["REDIS_URL", "ATTENTION_BACKEND", "QUANTIZE", "METRICS_PORT", "MODEL", "PUBLIC_URL"]
+)
+def test_an_empty_variable_leaves_an_optional_setting_unset(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """Compose files write unset variables as empty strings (``FLUX2_REDIS_URL=``)."""
+    monkeypatch.setenv(f"FLUX2_{name}", "")
+    assert getattr(Settings(), name.lower()) is None
+
+
+def test_an_empty_variable_keeps_its_meaning_where_empty_is_a_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FLUX2_CORS_ORIGINS", "")  # no browser origins, not the default "*"
+    monkeypatch.setenv("FLUX2_API_KEYS", "")
+    settings = Settings()
+    assert (settings.cors_origins, settings.api_keys) == ("", "")
