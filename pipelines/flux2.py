@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ from pipelines.memory import (
 from pipelines.prompt_cache import PromptEmbeddingCache
 from pipelines.references import resize_reference
 from pipelines.schedules import SCHEDULES, FlashSchedule
-from pipelines.sizes import REFERENCE_PIXELS, ImageSize
+from pipelines.sizes import DEFAULT_PRESET, PRESETS, REFERENCE_PIXELS, ImageSize
 from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback, StepEvent
 from pipelines.validation import validate_request
 from service.errors import (
@@ -315,25 +316,31 @@ class Flux2Engine:
         )
 
     def warmup(self) -> None:
-        """Run a small edit so lazy initialisation (CUDA kernels, compile) is not paid by a user.
+        """Run edits so that lazy initialisation is not paid by a user's request.
 
-        With ``compile_blocks`` two more edits follow, another size and then another batch:
-        torch.compile recompiles on each with the changed dimension marked dynamic
-        (``automatic_dynamic_shapes``), leaving one graph for a single image and one for batches
-        of two or more (size-1 dimensions are always specialised), both with a dynamic sequence
-        length, which later requests of any size reuse instead of compiling again.
+        A small edit first (CUDA context, kernels, the text encoder), then the request a fal
+        client sends by default: a ``square_hd`` (1024²) output with one reference at
+        ``reference_pixels``. Shape-dependent costs (allocator growth, per-shape kernel and
+        primitive set-up) are then paid for the commonest shape before ``/ready``.
+
+        With ``compile_blocks`` two more small edits come between them, another size and then
+        another batch: torch.compile recompiles on each with the changed dimension marked
+        dynamic (``automatic_dynamic_shapes``), leaving one graph for a single image and one for
+        batches of two or more (size-1 dimensions are always specialised), both with a dynamic
+        sequence length, which later requests of any size reuse instead of compiling again.
         """
         started = time.perf_counter()
-        shapes = [(64, 1)] + ([(96, 1), (64, 2)] if self.config.compile_blocks else [])
-        for side, num_images in shapes:
-            reference = Image.new("RGB", (side, side), (128, 128, 128))
+        for output, reference_side, num_images in warmup_shapes(
+            self.config.reference_pixels, compile_blocks=self.config.compile_blocks
+        ):
+            reference = Image.new("RGB", (reference_side, reference_side), (128, 128, 128))
             self.run(
                 [
                     EditRequest(
                         request_id="warmup",
                         prompt="warm up",
                         images=(reference,),
-                        size=ImageSize(side, side),
+                        size=ImageSize(output, output),
                         seed=0,
                         num_images=num_images,
                     )
@@ -621,6 +628,21 @@ def _crop(image: Image.Image, size: ImageSize) -> Image.Image:
     return image.crop((left, top, left + size.width, top + size.height))
 
 
+def warmup_shapes(
+    reference_pixels: int, *, compile_blocks: bool = False
+) -> list[tuple[int, int, int]]:
+    """The warm-up edits, as (output side, reference side, images): a small one, the extra
+    shapes regional compilation needs, then fal's default request (1024², one reference of
+    about ``reference_pixels``)."""
+    shapes = [(64, 64, 1)]
+    if compile_blocks:
+        shapes += [(96, 96, 1), (64, 64, 2)]
+    reference_side = max(64, math.isqrt(reference_pixels) // 16 * 16)
+    default = PRESETS[DEFAULT_PRESET]  # square_hd, 1024x1024
+    shapes.append((default.width, reference_side, 1))
+    return shapes
+
+
 def _fuse_lora(pipe: Flux2Pipeline, path: Path, scale: float) -> None:
     if not path.is_file():
         raise WeightsError(f"LoRA file {path} does not exist")
@@ -813,4 +835,10 @@ def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return _DTYPES[name]
 
 
-__all__ = ["Flux2Engine", "Flux2EngineConfig", "available_attention_backends", "quiet_libraries"]
+__all__ = [
+    "Flux2Engine",
+    "Flux2EngineConfig",
+    "available_attention_backends",
+    "quiet_libraries",
+    "warmup_shapes",
+]

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import socket
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ import torch
 from diffusers import Flux2Pipeline
 from PIL import Image
 
-from pipelines.flux2 import Flux2Engine, Flux2EngineConfig
+from pipelines.flux2 import Flux2Engine, Flux2EngineConfig, warmup_shapes
 from pipelines.protocol import EditEngine
 from pipelines.schedules import TURBO_SIGMAS, parse_schedule
 from pipelines.sizes import PRESETS, ImageSize
@@ -341,3 +344,34 @@ def test_lora_is_fused_at_load_time(tiny_checkpoint: Path, tmp_path: Path) -> No
 def test_missing_lora_file_is_a_weights_error(tiny_checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="LoRA"):
         make_engine(tiny_checkpoint, lora_path=tmp_path / "absent.safetensors")
+
+
+def test_warmup_runs_a_small_edit_then_fals_default_request(
+    fast_engine: Flux2Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first user request at the default size must not pay the shape's set-up."""
+    seen: list[tuple[tuple[int, int], tuple[tuple[int, int], ...], int]] = []
+    run = fast_engine.run
+
+    def recording_run(batch: Sequence[EditRequest], *args: Any, **kwargs: Any) -> Any:
+        seen.extend(
+            ((r.size.width, r.size.height), tuple(im.size for im in r.images), r.num_images)
+            for r in batch
+        )
+        return run(batch, *args, **kwargs)
+
+    monkeypatch.setattr(fast_engine, "run", recording_run)
+    fast_engine.warmup()
+    side = math.isqrt(fast_engine.config.reference_pixels) // 16 * 16
+    assert seen == [((64, 64), ((64, 64),), 1), ((1024, 1024), ((side, side),), 1)]
+
+
+def test_warmup_shapes_follow_the_settings() -> None:
+    assert warmup_shapes(1024 * 1024) == [(64, 64, 1), (1024, 1024, 1)]
+    assert warmup_shapes(512 * 512, compile_blocks=True) == [
+        (64, 64, 1),
+        (96, 96, 1),
+        (64, 64, 2),
+        (1024, 512, 1),
+    ]
+    assert warmup_shapes(100 * 100)[-1] == (1024, 96, 1)  # on the 16-pixel grid
