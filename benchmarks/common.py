@@ -71,7 +71,8 @@ def summarize(values: Sequence[float], digits: int = 4) -> dict[str, float]:
 
 
 def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
-    """The short commit sha and whether tracked files had uncommitted changes."""
+    """The short commit sha and whether tracked files had uncommitted changes (the recorded
+    results themselves excepted: each benchmark of a ``make bench`` run rewrites them)."""
 
     def git(*args: str) -> str:
         try:
@@ -82,7 +83,8 @@ def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
             return ""
         return done.stdout.strip() if done.returncode == 0 else ""
 
-    changed = git("status", "--porcelain", "--untracked-files=no")
+    results = RESULTS_DIR.relative_to(REPO_ROOT).as_posix()
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", f":!{results}")
     return {"sha": git("rev-parse", "--short", "HEAD") or "unknown", "dirty": bool(changed)}
 
 

@@ -80,9 +80,12 @@ def run_one(name: str, timeout: float) -> Outcome:
     return Outcome(name, status_of(name, summary, exit_code), exit_code, round(seconds, 1), summary)
 
 
-def record_outcomes(path: Path, outcomes: list[Outcome]) -> dict[str, Any]:
+def record_outcomes(
+    path: Path, outcomes: list[Outcome], git: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write this run's outcomes into ``path``, keeping earlier ones of scripts that did not run
-    now (``--only``/``--skip``), each with the git commit it ran at, in ``SCRIPTS`` order."""
+    now (``--only``/``--skip``), each with the git commit it ran at (``git``: taken when the run
+    started; default now), in ``SCRIPTS`` order."""
     kept: dict[str, dict[str, Any]] = {}
     if path.is_file():
         try:
@@ -91,7 +94,7 @@ def record_outcomes(path: Path, outcomes: list[Outcome]) -> dict[str, Any]:
             kept = {o["name"]: {"git": old.get("git"), **o} for o in old.get("outcomes", [])}
         except (ValueError, KeyError, TypeError, AttributeError):
             kept = {}  # unreadable: start again
-    git = git_info()
+    git = git if git is not None else git_info()
     for outcome in outcomes:
         kept[outcome.name] = {**asdict(outcome), "git": git}
     ordered = [kept[name] for name in SCRIPTS if name in kept]
@@ -107,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600, help="per script, seconds")
     args = parser.parse_args(argv)
     names = [n for n in (args.only or SCRIPTS) if n not in args.skip]
+    started_at = git_info()  # what ran: before the scripts rewrite the results
     outcomes = [run_one(name, args.timeout) for name in names]
     print("== summaries", flush=True)
     for outcome in outcomes:
         print(f"[{outcome.status}] {outcome.summary}", flush=True)
-    record_outcomes(RESULTS_DIR / "run_all.json", outcomes)
+    record_outcomes(RESULTS_DIR / "run_all.json", outcomes, started_at)
     plot.main(["--results", str(RESULTS_DIR)])
     return 1 if any(outcome.status == "failed" for outcome in outcomes) else 0
 

@@ -139,3 +139,29 @@ def test_run_all_starts_again_from_an_unreadable_record(tmp_path: Path) -> None:
     path.write_text("{not json")
     report = record_outcomes(path, [Outcome("bench_gpu", "ok", 0, 1.0, "bench_gpu: fine")])
     assert [o["name"] for o in report["outcomes"]] == ["bench_gpu"]
+
+
+def test_rewritten_results_do_not_make_the_tree_dirty(tmp_path: Path) -> None:
+    """A ``make bench`` run rewrites the tracked results as it goes; only other changes count."""
+    import subprocess
+
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+        )
+
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "service.json").write_text("{}")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    assert git_info(tmp_path)["dirty"] is False
+    (results / "service.json").write_text('{"new": 1}')
+    assert git_info(tmp_path)["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_info(tmp_path)["dirty"] is True
