@@ -21,6 +21,8 @@ from service.errors import ConfigError, Flux2Error, InvalidRequest
 from service.settings import Settings
 
 logger = logging.getLogger("flux2-edit")
+#: Steps before the end of its batch at which a busy worker sharing Redis claims the next jobs.
+PREFETCH_STEPS = 2
 
 # argparse dest -> Settings field, for the options that are settings.
 _SETTINGS_OPTIONS = {
@@ -277,6 +279,9 @@ def _make_worker(
             batch_window=settings.batch_window_ms / 1000,
             reference_pixels=settings.reference_pixels,
             fail_jobs_when_broken=alone,
+            # With Redis other workers may be idle: a busy one takes the next batch's jobs only
+            # in its last steps (enough to prepare them before the GPU is free).
+            prefetch_steps=None if settings.redis_url is None else PREFETCH_STEPS,
             check_inputs=settings.safety_check_inputs,
             allow_disable_safety=settings.allow_disable_safety_checker,
             fetch_policy=FetchPolicy.from_text(

@@ -89,6 +89,10 @@ class WorkerOptions:
         serves them all) or leave them in the queue for healthy workers (scale-out).
     prepare_threads, finish_threads: sizes of the CPU pools around the GPU stage.
     encode_threads: images encoded at once (the images of one job are encoded in parallel).
+    prefetch_steps: None: the feeder claims jobs for the next batch at any time (one worker:
+        nothing is lost by holding them while the GPU works). k: a busy worker claims them only
+        once its running batch has at most k steps left (several workers share the queue: jobs
+        are left to idle workers instead of waiting behind a busy one).
     """
 
     max_batch_images: int = 4
@@ -101,6 +105,7 @@ class WorkerOptions:
     prepare_threads: int = 4
     finish_threads: int = 2
     encode_threads: int = 4
+    prefetch_steps: int | None = None
     fail_jobs_when_broken: bool = True
     check_inputs: bool = True
     allow_disable_safety: bool = False
@@ -156,6 +161,9 @@ class Worker:
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._gpu_idle = threading.Event()  # set while the GPU thread waits for a batch
+        # Set while the feeder may claim jobs for the next batch (see prefetch_steps).
+        self._may_claim = threading.Event()
+        self._may_claim.set()
         self._batches: queue_module.Queue[list[Prepared] | object] = queue_module.Queue(maxsize=1)
         self._held: set[str] = set()  # claimed and not yet completed or released
         self._held_lock = threading.Lock()
@@ -222,8 +230,11 @@ class Worker:
         try:
             while True:
                 self._gpu_idle.set()
+                self._may_claim.set()
                 item = self._batches.get()
                 self._gpu_idle.clear()
+                if self.options.prefetch_steps is not None:
+                    self._may_claim.clear()  # until the batch is nearly done
                 if item is _STOP:
                     return
                 assert isinstance(item, list)
@@ -265,9 +276,13 @@ class Worker:
             )
         timer = self.metrics.step_timer() if self.metrics is not None else None
 
+        prefetch = self.options.prefetch_steps
+
         def on_step(event: StepEvent) -> None:
             if timer is not None:
                 timer.step()
+            if prefetch is not None and event.total - event.step <= prefetch:
+                self._may_claim.set()  # the next batch may be gathered now
             self.queue.heartbeat(sorted(self.held))
             for request_id in event.request_ids:
                 self.queue.log(request_id, LogEntry(f"step {event.step}/{event.total}"))
@@ -338,6 +353,8 @@ class Worker:
                     for job in jobs:
                         self._finish(job, failure)
                     continue
+                if not self._may_claim.wait(self.options.claim_timeout):
+                    continue  # busy, and not near the end of the batch: leave jobs to others
                 group = self._group(self._claim_batch())
                 if group:
                     self._hand_over(group)
@@ -349,6 +366,10 @@ class Worker:
             self._batches.put(_STOP)
 
     def _hand_over(self, group: list[Prepared]) -> None:
+        if self.options.prefetch_steps is not None:
+            # Before the put: the GPU sets it again only after taking this group (in its last
+            # steps, or when idle), so the feeder does not claim the next jobs in between.
+            self._may_claim.clear()
         while not self._stopping.is_set():
             try:
                 self._batches.put(group, timeout=0.1)

@@ -15,6 +15,7 @@ import service.engines
 from pipelines.fake import FakeEngine
 from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback
 from service.cli import build_parser, main, settings_from_args
+from service.settings import Settings
 
 
 @pytest.fixture(autouse=True)
@@ -322,3 +323,19 @@ def test_edit_guidance_defaults_to_the_schedule(
     assert out.is_file()
     assert main([*argv, "--guidance-scale", "7", "--out", str(out), "--model", "tiny"]) == 0
     assert engines[1].requests[0].guidance_scale == 7.0
+
+
+@pytest.mark.parametrize(
+    ("redis_url", "prefetch"),
+    [(None, None), ("redis://127.0.0.1:6379/0", 2)],
+    ids=["alone", "redis"],
+)
+def test_workers_sharing_redis_prefetch_only_near_the_end_of_a_batch(
+    redis_url: str | None, prefetch: int | None
+) -> None:
+    from service.cli import _make_worker
+    from service.queue.memory import InMemoryJobQueue
+
+    settings = Settings(safety_checker="none", redis_url=redis_url)
+    worker = _make_worker(settings, InMemoryJobQueue(), None, None, alone=redis_url is None)
+    assert worker.options.prefetch_steps == prefetch
