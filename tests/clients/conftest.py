@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from benchmarks.common import flux2_edit_command, free_port
+
 
 @dataclass(frozen=True)
 class Server:
@@ -24,17 +23,6 @@ class Server:
     host_port: str  # e.g. 127.0.0.1:8443 (what FAL_RUN_HOST wants)
     cert: Path
     log: Path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def flux2_edit_command() -> list[str]:
-    exe = shutil.which("flux2-edit", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "service.cli"]
 
 
 @contextmanager

@@ -5,9 +5,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image, ImageDraw
+
+from benchmarks.common import flux2_edit_command, free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -38,17 +38,6 @@ ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS_DIR") or Path(__file__).parent / 
 class Server:
     origin: str  # e.g. http://127.0.0.1:8123
     log: Path | None = None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def flux2_edit_command() -> list[str]:
-    exe = shutil.which("flux2-edit", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "service.cli"]
 
 
 @contextmanager
