@@ -32,7 +32,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -123,6 +123,11 @@ _STOP = object()
 IMAGE_CACHE_JOBS = 32
 #: While the GPU is busy, how often the gathering feeder looks whether it has become free.
 GATHER_POLL_SECONDS = 0.01
+#: How long prepared jobs wait, once the GPU is idle, for a job whose inputs are still coming
+#: (a slow image host): at least this long, and STRAGGLER_FACTOR times as long as the first job
+#: took (a busy CPU slows every job alike); then it is left for a later batch and the others go.
+STRAGGLER_GRACE_SECONDS = 0.25
+STRAGGLER_FACTOR = 4
 
 #: A claimed job and its preparation: the prepared job, or None when it is already finished
 #: (bad input, or a reference the safety checker flagged).
@@ -161,6 +166,8 @@ class Worker:
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._gpu_idle = threading.Event()  # set while the GPU thread waits for a batch
+        # Claimed jobs still being prepared when their batch went: they join the next one.
+        self._deferred: list[Claimed] = []
         # Set while the feeder may claim jobs for the next batch (see prefetch_steps).
         self._may_claim = threading.Event()
         self._may_claim.set()
@@ -198,6 +205,8 @@ class Worker:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._release_prepared()
+        deferred, self._deferred = self._deferred, []
+        self._release([job.id for job, _ in deferred])
         self._finish_pool.shutdown(wait=True)
         self._encode_pool.shutdown(wait=True)
         self._prepare_pool.shutdown(wait=False, cancel_futures=True)
@@ -406,11 +415,13 @@ class Worker:
         """Block for one job, then let compatible others join up to the image limit: for as long
         as the GPU is busy, and for ``batch_window`` at most once it is idle. Each job's inputs
         are being prepared from the moment it is claimed."""
-        first = self._claim(self.options.claim_timeout)
-        if not first:
-            return []
-        claimed = [self._start_preparing(first[0])]
-        images = _num_images(first[0])
+        claimed, self._deferred = self._deferred, []
+        if not claimed:
+            first = self._claim(self.options.claim_timeout)
+            if not first:
+                return []
+            claimed = [self._start_preparing(first[0])]
+        images = sum(_num_images(job) for job, _ in claimed)
         deadline = time.monotonic() + self.options.batch_window
         while images < self.options.max_batch_images and not self._stopping.is_set():
             left = deadline - time.monotonic()
@@ -443,20 +454,45 @@ class Worker:
         try:
             item = self.prepare(job)
         except ValidationError as exc:
-            self._finish(job, validation_outcome(exc.errors(include_url=False)))
+            self._finish_held(job, validation_outcome(exc.errors(include_url=False)))
             return None
         except Flux2Error as exc:
-            self._finish(job, error_outcome(exc))
+            self._finish_held(job, error_outcome(exc))
             return None
         except Exception as exc:
             logger.exception("preparing %s failed", job.id)
-            self._finish(job, error_outcome(GenerationFailed(f"bad input: {exc}")))
+            self._finish_held(job, error_outcome(GenerationFailed(f"bad input: {exc}")))
             return None
         return None if self._input_flagged(item) else item
 
+    def _finish_held(self, job: Job, outcome: Outcome) -> None:
+        """Finish a job whose preparation ended, unless this worker gave it back meanwhile
+        (a drain while its inputs were still coming): then it is another worker's now."""
+        if job.id in self.held:
+            self._finish(job, outcome)
+
     def _group(self, claimed: list[Claimed]) -> list[Prepared]:
-        """The oldest prepared job's shape group; the other groups are released."""
-        prepared = [item for _, future in claimed if (item := future.result()) is not None]
+        """The oldest prepared job's shape group; the other groups are released.
+
+        Once one job is prepared and the GPU is idle, jobs still being prepared after the
+        straggler grace (see ``STRAGGLER_GRACE_SECONDS``) are left for the next batch (still
+        held, still being prepared), so one slow image host does not hold the others back.
+        """
+        started = time.monotonic()
+        pending = {future for _, future in claimed}
+        grace: float | None = None  # known once the first preparation has ended
+        while pending and not self._stopping.is_set():
+            _, pending = wait(pending, timeout=GATHER_POLL_SECONDS, return_when=FIRST_COMPLETED)
+            waited = time.monotonic() - started
+            if grace is None and len(pending) < len(claimed):
+                grace = max(STRAGGLER_GRACE_SECONDS, STRAGGLER_FACTOR * waited)
+            if pending and grace is not None and waited >= grace and self._gpu_idle.is_set():
+                break
+        self._deferred = [(job, future) for job, future in claimed if future in pending]
+        for job, _ in self._deferred:
+            self.queue.log(job.id, LogEntry("Inputs still downloading: joins the next batch"))
+        ready = [future for _, future in claimed if future not in pending]
+        prepared = [item for future in ready if (item := future.result()) is not None]
         if not prepared:
             return []
         pixels = self.options.reference_pixels
@@ -478,7 +514,7 @@ class Worker:
         try:
             flags = [verdict.has_nsfw for verdict in self._check(item.request.images)]
         except Flux2Error as exc:
-            self._finish(item.job, error_outcome(exc))
+            self._finish_held(item.job, error_outcome(exc))
             return True
         if not any(flags):
             return False
@@ -487,7 +523,7 @@ class Worker:
         self.queue.log(item.job.id, LogEntry("Input flagged by the safety checker"))
         result = self._flagged_input(item)
         outcome = self._encode(item, result.images, [True] * len(result.images), result)
-        self._finish(item.job, outcome)
+        self._finish_held(item.job, outcome)
         return True
 
     def prepare(self, job: Job) -> Prepared:
