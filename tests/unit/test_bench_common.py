@@ -5,16 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     LoadMonitor,
     free_port,
     git_info,
@@ -25,7 +20,9 @@ from benchmarks.common import (  # noqa: E402
     write_csv,
     write_json,
 )
-from benchmarks.run_all import Outcome, record_outcomes, status_of, summary_of  # noqa: E402
+from benchmarks.run_all import Outcome, record_outcomes, status_of, summary_of
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
