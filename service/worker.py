@@ -565,16 +565,13 @@ class Worker:
         return tuple(future.result() for future in futures)
 
     def _release(self, job_ids: list[str]) -> None:
-        """Give jobs back to the queue; one cancelled while this worker held it ends here
-        instead, with its webhook (the queue would complete it silently)."""
-        cancelled = {job_id for job_id in job_ids if self.queue.is_cancelled(job_id)}
-        for job_id in cancelled:
-            done = self.queue.complete(job_id, CANCELLED)  # None: completed already, or gone
-            if done is not None and done.webhook_url and self.webhooks is not None:
-                self.webhooks.send(done.webhook_url, job_id, CANCELLED)
+        """Give jobs back to the queue; one cancelled while this worker held it is completed by
+        the queue instead, and its webhook sent here."""
         with self._held_lock:
             self._held.difference_update(job_ids)
-        self.queue.release([job_id for job_id in job_ids if job_id not in cancelled])
+        for done in self.queue.release(job_ids):
+            if done.webhook_url and done.outcome is not None and self.webhooks is not None:
+                self.webhooks.send(done.webhook_url, done.id, done.outcome)
 
     def _release_prepared(self) -> None:
         while True:

@@ -37,8 +37,10 @@ class JobQueue(Protocol):
         lapses is taken back by ``reap`` for another worker."""
         ...
 
-    def release(self, job_ids: list[str]) -> None:
-        """Give claimed jobs back, at the front of the queue (a draining or splitting worker)."""
+    def release(self, job_ids: list[str]) -> list[Job]:
+        """Give claimed jobs back, at the front of the queue (a draining or splitting worker).
+        A job cancelled while held is completed as cancelled instead and returned: nobody else
+        will send its webhook."""
         ...
 
     def reap(self) -> Reaped:

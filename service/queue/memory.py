@@ -90,7 +90,8 @@ class InMemoryJobQueue:
     def heartbeat(self, job_ids: list[str]) -> None:
         return None  # one process: a dead worker takes its queue with it
 
-    def release(self, job_ids: list[str]) -> None:
+    def release(self, job_ids: list[str]) -> list[Job]:
+        cancelled: list[Job] = []
         with self._lock:
             for job_id in reversed(job_ids):
                 job = self._jobs.get(job_id)
@@ -98,11 +99,13 @@ class InMemoryJobQueue:
                     continue
                 if job.cancel_requested:  # cancelled while held: it ends here, not in the queue
                     self._finish(job, CANCELLED)
+                    cancelled.insert(0, job)
                     continue
                 job.status = JobStatus.IN_QUEUE
                 job.started_at = None
                 self._pending.insert(0, job_id)
             self._ready.notify_all()
+        return cancelled
 
     def reap(self) -> Reaped:
         return Reaped()  # one process: no worker can die without the queue

@@ -214,17 +214,26 @@ end
 return 0
 """
 
-# ARGV: ids...: running jobs go back to the front stream, in this order.
+# ARGV: cancelled outcome, now, ttl_ms, ids...: running jobs go back to the front stream, in this
+# order; one cancelled while held is completed as cancelled instead. Returns the snapshots of
+# those (their webhooks are the caller's to send).
 _RELEASE = """
-for j = 3, #ARGV do
+local cancelled = {}
+for j = 6, #ARGV do
   local id = ARGV[j]
   local req = req_key(id)
-  if redis.call('HGET', req, 'status') == 'IN_PROGRESS' then
-    unlink(req)
-    enqueue(id, 1)
+  local f = redis.call('HMGET', req, 'status', 'cancel')
+  if f[1] == 'IN_PROGRESS' then
+    if f[2] == '1' then
+      finish(id, ARGV[3], ARGV[4], ARGV[5])
+      table.insert(cancelled, snapshot(id))
+    else
+      unlink(req)
+      enqueue(id, 1)
+    end
   end
 end
-return 0
+return cancelled
 """
 
 # ARGV: idle_ms, max_deliveries, now, ttl_ms, dead-letter outcome, timestamp, requeue log line,
@@ -454,9 +463,17 @@ class RedisJobQueue:
         if job_ids:
             self._run("heartbeat", self.consumer, self._lease_ms, *job_ids)
 
-    def release(self, job_ids: list[str]) -> None:
-        if job_ids:
-            self._run("release", *job_ids)
+    def release(self, job_ids: list[str]) -> list[Job]:
+        if not job_ids:
+            return []
+        cancelled = self._run(
+            "release",
+            _dump(CANCELLED.to_json()),
+            repr(time.time()),
+            self._ttl_ms,
+            *job_ids,
+        )
+        return [_job(fields, logs) for _, fields, logs in cancelled]
 
     def reap(self) -> Reaped:
         detail = (

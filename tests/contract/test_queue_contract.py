@@ -261,10 +261,25 @@ def test_a_released_low_priority_job_goes_before_normal_ones(queue: JobQueue) ->
     assert [j.id for j in queue.claim(2, 1.0)] == ["low", "normal"]
 
 
+def test_a_job_cancelled_while_held_is_completed_on_release(queue: JobQueue) -> None:
+    queue.submit(job("held", webhook_url="http://hook.test/held"))
+    queue.submit(job("other"))
+    assert [j.id for j in queue.claim(2, 1.0)] == ["held", "other"]
+    assert queue.cancel("held").completed is None  # running: flagged only
+    (done,) = queue.release(["held", "other"])  # the caller sends its webhook
+    assert (done.id, done.webhook_url, done.status) == (
+        "held",
+        "http://hook.test/held",
+        JobStatus.COMPLETED,
+    )
+    assert done.outcome is not None and done.outcome.status_code == 499
+    assert [j.id for j in queue.claim(5, 0.2)] == ["other"]  # never handed out again
+
+
 def test_release_ignores_jobs_that_are_not_running(queue: JobQueue) -> None:
     queue.submit(job("queued"))
     queue.finish_now(job("done"), OK)
-    queue.release(["queued", "done", "unknown"])
+    assert queue.release(["queued", "done", "unknown"]) == []
     queue.heartbeat(["queued", "done", "unknown"])
     assert positions(queue, "queued") == [0]
     view = queue.view("done")
