@@ -13,8 +13,10 @@ from pipelines.sizes import ImageSize
 
 
 def resize_reference(image: Image.Image, size: ImageSize) -> Image.Image:
-    """``image`` in RGB at exactly ``size`` (Lanczos, from the original pixels)."""
-    image = image.convert("RGB")
+    """``image`` in RGB at exactly ``size`` (Lanczos, from the original pixels); an image that
+    is both already is returned as it is (a reference the worker prepared: no copy)."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
     if image.size != (size.width, size.height):
         image = image.resize((size.width, size.height), Image.Resampling.LANCZOS)
     return image
