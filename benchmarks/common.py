@@ -23,6 +23,7 @@ import os
 import platform
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -354,6 +355,39 @@ class ServerFailed(RuntimeError):
     pass
 
 
+def wait_until_ready(
+    process: subprocess.Popen[Any],
+    origin: str,
+    log: Path,
+    *,
+    timeout: float,
+    verify: ssl.SSLContext | bool = True,
+) -> None:
+    """Poll ``origin/ready`` until the server answers 200 (its worker loaded and warmed up).
+
+    Raises:
+        ServerFailed: the process exited, or was not ready within ``timeout`` seconds (the
+            message carries the end of its log).
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    with httpx.Client(verify=verify, timeout=5) as client:
+        while True:
+            if process.poll() is not None:
+                raise ServerFailed(f"server exited early:\n{log.read_text()[-4000:]}")
+            try:
+                if client.get(f"{origin}/ready").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise ServerFailed(
+                    f"server not ready after {timeout:.0f} s:\n{log.read_text()[-4000:]}"
+                )
+            time.sleep(0.2)
+
+
 @contextmanager
 def tiny_server(
     root: Path, settings: Mapping[str, str], *, ready_timeout: float = 300.0
@@ -365,7 +399,6 @@ def tiny_server(
     never touches the user's cache or another run's port. Waits for ``/ready`` (the worker has
     loaded the model and run its warm-up edit).
     """
-    import httpx
 
     root.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX2_")}
@@ -384,19 +417,7 @@ def tiny_server(
         )
     origin = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + ready_timeout
-        with httpx.Client(timeout=5) as client:
-            while True:
-                if process.poll() is not None:
-                    raise ServerFailed(f"server exited early:\n{log.read_text()[-4000:]}")
-                try:
-                    if client.get(f"{origin}/ready").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise ServerFailed(f"server not ready after {ready_timeout:.0f} s")
-                time.sleep(0.2)
+        wait_until_ready(process, origin, log, timeout=ready_timeout)
         yield Server(origin=origin, pid=process.pid, log=log)
     finally:
         process.terminate()

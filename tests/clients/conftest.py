@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 import ssl
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
-from benchmarks.common import flux2_edit_command, free_port
+from benchmarks.common import flux2_edit_command, free_port, wait_until_ready
 
 
 @dataclass(frozen=True)
@@ -72,19 +70,7 @@ def running_server(root: Path, *, tls: bool) -> Iterator[Server]:
         ssl.create_default_context(cafile=str(certs / "cert.pem")) if tls else True
     )
     try:
-        deadline = time.monotonic() + 180
-        with httpx.Client(verify=verify, timeout=5) as client:
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"server exited early:\n{log.read_text()}")
-                try:
-                    if client.get(f"{origin}/ready").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server not ready after 180 s:\n{log.read_text()}")
-                time.sleep(0.2)
+        wait_until_ready(process, origin, log, timeout=180, verify=verify)
         yield Server(origin=origin, host_port=f"127.0.0.1:{port}", cert=certs / "cert.pem", log=log)
     finally:
         process.terminate()

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from PIL import Image, ImageDraw
 
-from benchmarks.common import flux2_edit_command, free_port
+from benchmarks.common import flux2_edit_command, free_port, wait_until_ready
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -61,19 +61,7 @@ def running_tiny_server(root: Path) -> Iterator[Server]:
         process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     origin = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        with httpx.Client(timeout=5) as client:
-            while True:
-                if process.poll() is not None:
-                    pytest.fail(f"server exited early:\n{log.read_text()}")
-                try:
-                    if client.get(f"{origin}/ready").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server not ready after 180 s:\n{log.read_text()}")
-                time.sleep(0.2)
+        wait_until_ready(process, origin, log, timeout=180)
         yield Server(origin=origin, log=log)
     finally:
         process.terminate()
