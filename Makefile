@@ -27,9 +27,10 @@ test: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install
+	$(VENV)/bin/lint-imports --no-logo
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy service pipelines weights benchmarks
+	$(VENV)/bin/mypy core service pipelines weights benchmarks
 
 # The four benchmarks of benchmarks/RESULTS.md (the GPU one skips itself without CUDA), then the
 # plot; results land in benchmarks/results/. e.g. make bench BENCH_ARGS="--only bench_gpu"
@@ -37,7 +38,7 @@ bench: install
 	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
 
 typecheck: install
-	$(VENV)/bin/mypy service pipelines weights benchmarks
+	$(VENV)/bin/mypy core service pipelines weights benchmarks
 
 fmt: install
 	$(VENV)/bin/ruff check --fix .

@@ -45,6 +45,14 @@ from diffusers import Flux2Pipeline
 from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu, retrieve_timesteps
 from PIL import Image
 
+from core.errors import (
+    ConfigError,
+    Flux2Error,
+    GenerationFailed,
+    InvalidRequest,
+    OutOfMemory,
+    WeightsError,
+)
 from pipelines.memory import (
     ENCODE_ONLY_TEXT_LAYERS,
     ComponentSizes,
@@ -60,14 +68,6 @@ from pipelines.schedules import SCHEDULES, FlashSchedule
 from pipelines.sizes import DEFAULT_PRESET, PRESETS, REFERENCE_PIXELS, ImageSize
 from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback, StepEvent
 from pipelines.validation import validate_request
-from service.errors import (
-    ConfigError,
-    Flux2Error,
-    GenerationFailed,
-    InvalidRequest,
-    OutOfMemory,
-    WeightsError,
-)
 
 logger = logging.getLogger(__name__)
 

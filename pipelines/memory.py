@@ -55,7 +55,7 @@ from enum import StrEnum
 from functools import partial
 from pathlib import Path
 
-from service.errors import ConfigError, WeightsError
+from core.errors import ConfigError, WeightsError
 from weights.verify import read_safetensors_header
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from PIL import Image
 
-from service.errors import ConfigError, GenerationFailed, WeightsError
+from core.errors import ConfigError, GenerationFailed, WeightsError
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from service.errors import InvalidRequest
+from core.errors import InvalidRequest
 
 GRID = 16
 MIN_SIDE = 512

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from core.errors import InvalidRequest
 from pipelines.types import MAX_GUIDANCE, MAX_IMAGES, MAX_REFERENCES, MIN_GUIDANCE, EditRequest
-from service.errors import InvalidRequest
 
 MIN_OUTPUT_SIDE = 64  # the engine's own floor; the HTTP schema applies fal's 512..2048
 

@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.errors import Flux2Error, QueueFull, Unauthorized
 from service.auth import ApiKeys
-from service.errors import Flux2Error, QueueFull, Unauthorized
 from service.fal_errors import error_body, pydantic_problems
 from service.limits import BodyLimitMiddleware
 from service.logs import adopt_request_id, request_context

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import secrets
 
-from service.errors import ConfigError, Unauthorized
+from core.errors import ConfigError, Unauthorized
 
 PREFIX = "sha256:"
 

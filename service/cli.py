@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from service.errors import ConfigError, Flux2Error, InvalidRequest
+from core.errors import ConfigError, Flux2Error, InvalidRequest
 from service.settings import Settings
 
 logger = logging.getLogger("flux2-edit")

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.errors import ConfigError
 from pipelines.schedules import parse_schedule
-from service.errors import ConfigError
 from service.settings import Settings
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.errors import Flux2Error, InvalidRequest
+from core.errors import Flux2Error, InvalidRequest
 from service.jobs import Outcome
 
 DOCS_URL = "https://docs.fal.ai/errors/#{type}"

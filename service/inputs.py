@@ -40,7 +40,7 @@ import httpcore
 import httpx
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import (
+from core.errors import (
     FileDownloadError,
     ImageLoadError,
     ImageTooLarge,

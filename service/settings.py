@@ -12,9 +12,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.errors import ConfigError
 from pipelines.schedules import DEFAULT_SCHEDULE, parse_schedule
 from pipelines.sizes import REFERENCE_PIXELS
-from service.errors import ConfigError
 
 MemoryProfileName = Literal["auto", "resident", "offload_text_encoder", "model_offload", "cpu"]
 

@@ -13,8 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from core.errors import InvalidRequest
 from service.auth import ApiKeys
-from service.errors import InvalidRequest
 from service.jobs import Job, JobStatus, JobView, Outcome, Priority
 from service.schema import APP_ID, Flux2FlashEditInput
 from service.settings import Settings

@@ -40,18 +40,18 @@ from typing import Any
 from PIL import Image
 from pydantic import ValidationError
 
-from pipelines.protocol import EditEngine
-from pipelines.safety import SafetyChecker, SafetyVerdict, apply_verdicts
-from pipelines.sizes import resolve_image_size
-from pipelines.types import EditRequest, EditResult, StepEvent
-from pipelines.validation import validate_request
-from service.errors import (
+from core.errors import (
     Flux2Error,
     GenerationFailed,
     OutOfMemory,
     RequestTimeout,
     WorkerDead,
 )
+from pipelines.protocol import EditEngine
+from pipelines.safety import SafetyChecker, SafetyVerdict, apply_verdicts
+from pipelines.sizes import resolve_image_size
+from pipelines.types import EditRequest, EditResult, StepEvent
+from pipelines.validation import validate_request
 from service.fal_errors import error_outcome, validation_outcome
 from service.inputs import FetchPolicy, load_image
 from service.jobs import Job, LogEntry, Outcome

@@ -25,7 +25,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from service.errors import WeightsError
+from core.errors import WeightsError
 from weights.manifest import Manifest, ManifestEntry, load_manifest
 from weights.verify import verify
 

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from service.errors import WeightsError
+from core.errors import WeightsError
 
 MANIFEST_RESOURCE = "manifest.json"
 

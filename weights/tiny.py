@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from service.errors import WeightsError
+from core.errors import WeightsError
 
 #: Folder name under a cache directory; bump the suffix when the recipe changes.
 TINY_CHECKPOINT_NAME = "flux2-tiny-v1"

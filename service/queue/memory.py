@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from service.errors import QueueFull
+from core.errors import QueueFull
 from service.jobs import (
     CancelOutcome,
     CancelResult,

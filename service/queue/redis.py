@@ -43,7 +43,7 @@ import redis
 from redis.commands.core import Script
 from redis.typing import KeyT, StreamIdT
 
-from service.errors import QueueFull, StorageError
+from core.errors import QueueFull, StorageError
 from service.jobs import (
     CancelOutcome,
     CancelResult,

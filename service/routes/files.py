@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from service.errors import NotFound
+from core.errors import NotFound
 from service.submission import require_key, visible_view
 
 router = APIRouter(tags=["files"], dependencies=[Depends(require_key)])

@@ -9,7 +9,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from service.errors import NotFound, StorageError
+from core.errors import NotFound, StorageError
 from service.storage.base import Artifact
 
 _CONTENT_TYPES = {

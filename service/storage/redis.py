@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import redis
 
-from service.errors import NotFound, StorageError
+from core.errors import NotFound, StorageError
 from service.storage.base import Artifact
 from service.storage.local import checked_segment  # the same name rules as on disk
 

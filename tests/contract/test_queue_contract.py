@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from service.errors import QueueFull, StorageError
+from core.errors import QueueFull, StorageError
 from service.jobs import CancelOutcome, Job, JobStatus, LogEntry, Outcome, Priority, Reaped
 from service.queue.base import JobQueue
 

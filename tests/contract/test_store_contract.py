@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.errors import NotFound, StorageError
+from core.errors import NotFound, StorageError
 from service.storage.base import ArtifactStore
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4

@@ -18,12 +18,12 @@ import pytest
 import torch
 from PIL import Image
 
+from core.errors import ConfigError, InvalidRequest
 from pipelines.flux2 import Flux2Engine, Flux2EngineConfig, available_attention_backends
 from pipelines.memory import MemoryProfile
 from pipelines.schedules import parse_schedule
 from pipelines.sizes import ImageSize
 from pipelines.types import EditRequest, EditResult
-from service.errors import ConfigError, InvalidRequest
 
 pytestmark = pytest.mark.slow
 

@@ -15,12 +15,12 @@ import torch
 from diffusers import Flux2Pipeline
 from PIL import Image
 
+from core.errors import InvalidRequest, WeightsError
 from pipelines.flux2 import Flux2Engine, Flux2EngineConfig, warmup_shapes
 from pipelines.protocol import EditEngine
 from pipelines.schedules import TURBO_SIGMAS, parse_schedule
 from pipelines.sizes import PRESETS, ImageSize
 from pipelines.types import EditRequest, StepEvent
-from service.errors import InvalidRequest, WeightsError
 
 pytestmark = pytest.mark.slow
 

@@ -212,7 +212,7 @@ def test_hf_image_classifier_rejects_a_directory_without_nsfw_labels(
     import json
     import shutil
 
-    from service.errors import ConfigError
+    from core.errors import ConfigError
 
     other = tmp_path / "cats"
     shutil.copytree(tiny_vit, other)

@@ -17,7 +17,7 @@ from huggingface_hub import constants
 from jinja2.exceptions import TemplateError
 from PIL import Image
 
-from service.errors import WeightsError
+from core.errors import WeightsError
 from weights import tiny
 from weights.tiny import TINY_CHECKPOINT_NAME, build_tiny_checkpoint, ensure_tiny_checkpoint
 from weights.verify import verify

@@ -15,9 +15,9 @@ from service_helpers import (
 )
 from starlette.testclient import TestClient
 
+from core.errors import WeightsError
 from pipelines.fake import FakeEngine
 from service.app import create_app
-from service.errors import WeightsError
 from service.queue.memory import InMemoryJobQueue
 from service.settings import Settings
 from service.storage.local import LocalArtifactStore

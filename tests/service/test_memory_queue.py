@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from service.errors import QueueFull
+from core.errors import QueueFull
 from service.jobs import CancelOutcome, Job, JobStatus, LogEntry, Outcome, Priority
 from service.queue.memory import CANCELLED, InMemoryJobQueue
 

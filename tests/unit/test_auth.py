@@ -7,8 +7,8 @@ import re
 
 import pytest
 
+from core.errors import ConfigError, Unauthorized
 from service.auth import PREFIX, ApiKeys, digest, new_key
-from service.errors import ConfigError, Unauthorized
 
 
 def _sha(key: str) -> str:

@@ -1,4 +1,4 @@
-"""The error hierarchy: fal codes, HTTP statuses and field problems (service/errors.py)."""
+"""The error hierarchy: fal codes, HTTP statuses and field problems (core/errors.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from service.errors import (
+from core.errors import (
     Cancelled,
     ConfigError,
     FieldProblem,

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 from PIL import Image, ImageChops
 
+from core.errors import InvalidRequest
 from pipelines.fake import FakeEngine
 from pipelines.protocol import EditEngine
 from pipelines.sizes import ImageSize
 from pipelines.types import EditRequest, StepEvent
-from service.errors import InvalidRequest
 
 
 def _reference(color: tuple[int, int, int] = (200, 40, 40)) -> Image.Image:

@@ -28,7 +28,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from service.errors import (
+from core.errors import (
     FileDownloadError,
     ImageLoadError,
     ImageTooLarge,

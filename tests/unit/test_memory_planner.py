@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
+from core.errors import ConfigError, WeightsError
 from pipelines.memory import (
     GB,
     MIN_HEADROOM,
@@ -21,7 +22,6 @@ from pipelines.memory import (
     parse_profile,
     plan,
 )
-from service.errors import ConfigError, WeightsError
 
 # FLUX.2 [dev] in bf16 (docs/flux2-diffusers.md §4); fp8 and encode-only sizes are the §2.8/§5
 # figures (an fp8 transformer ~32.3 GB, the text encoder without layers 31+/lm_head/vision 35.8).

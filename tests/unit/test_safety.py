@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from core.errors import ConfigError, GenerationFailed, WeightsError
 from pipelines import safety
 from pipelines.safety import (
     DEFAULT_SAFETY_CHECKER,
@@ -30,7 +31,6 @@ from pipelines.safety import (
     apply_verdicts,
     make_safety_checker,
 )
-from service.errors import ConfigError, GenerationFailed, WeightsError
 
 # --- fakes ------------------------------------------------------------------------------------
 

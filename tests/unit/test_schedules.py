@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from core.errors import ConfigError
 from pipelines.schedules import (
     DEFAULT_SCHEDULE,
     SCHEDULES,
@@ -11,7 +12,6 @@ from pipelines.schedules import (
     FlashSchedule,
     parse_schedule,
 )
-from service.errors import ConfigError
 
 TURBO = [1.0, 0.6509, 0.4374, 0.2932, 0.1893, 0.1108, 0.0495, 0.00031]
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from core.errors import FieldProblem, InvalidRequest
 from pipelines.sizes import (
     ImageSize,
     parse_image_size,
@@ -13,7 +14,6 @@ from pipelines.sizes import (
     resolve_image_size,
     round_up,
 )
-from service.errors import FieldProblem, InvalidRequest
 
 FAL_PRESETS = {
     "square_hd": (1024, 1024),

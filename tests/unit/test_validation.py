@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from core.errors import FieldProblem, InvalidRequest
 from pipelines.sizes import ImageSize, reference_size
 from pipelines.types import EditRequest, EditResult, StepEvent
 from pipelines.validation import validate_request
-from service.errors import FieldProblem, InvalidRequest
 
 MP = 1024 * 1024
 

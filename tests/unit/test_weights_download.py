@@ -26,7 +26,7 @@ from huggingface_hub.errors import (
 )
 
 import weights.download as download_module
-from service.errors import WeightsError
+from core.errors import WeightsError
 from weights.download import download
 from weights.manifest import load_manifest
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from huggingface_hub.utils import filter_repo_objects
 
-from service.errors import WeightsError
+from core.errors import WeightsError
 from weights.manifest import find_lora, load_manifest
 
 REAL_FILES = [

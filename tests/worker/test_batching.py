@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 from worker_helpers import all_done, data_uri, make_job, wait_until, webhook_receiver
 
+from core.errors import OutOfMemory
 from pipelines.fake import FakeEngine
 from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback
-from service.errors import OutOfMemory
 from service.jobs import JobStatus
 from service.queue.memory import InMemoryJobQueue
 from service.storage.local import LocalArtifactStore

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 from worker_helpers import all_done, make_job, wait_until
 
+from core.errors import WeightsError
 from pipelines.fake import FakeEngine
 from pipelines.safety import AlwaysFlagChecker, NeverFlagChecker, SafetyChecker
-from service.errors import WeightsError
 from service.queue.memory import InMemoryJobQueue
 from service.storage.local import LocalArtifactStore
 from service.worker import Worker, WorkerOptions, WorkerState
