@@ -116,8 +116,8 @@ def run(settings: Settings, scenarios: tuple[Scenario, ...], repeats: int) -> di
     return {
         "git_sha": sha,
         "device": device,
-        "model": settings.model,
-        "schedule": settings.schedule,
+        "model": settings.engine.model,
+        "schedule": settings.engine.schedule,
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "threads": torch.get_num_threads(),

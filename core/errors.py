@@ -21,6 +21,7 @@ Our exception hierarchy::
     │   └── OutOfMemory             503  runner_server_error     (the worker splits the batch)
     ├── RequestTimeout              504  request_timeout         (X-Fal-Request-Timeout passed)
     ├── WorkerDead                  503  runner_connection_error (fatal: restart the worker)
+    ├── UnreadableJob               500  internal_server_error   (a stored job cannot be parsed)
     ├── StorageError                500  internal_error
     ├── WeightsError                500  weights_error           (start-up: setup_failed)
     └── ConfigError                 500  config_error            (bad settings or arguments)
@@ -150,6 +151,14 @@ class WorkerDead(Flux2Error):
 
     code = "runner_connection_error"
     http_status = 503
+
+
+class UnreadableJob(Flux2Error):
+    """A stored job cannot be read back (written by another version, or corrupted): it fails
+    cleanly instead of running or breaking the worker."""
+
+    code = "internal_server_error"
+    http_status = 500
 
 
 class StorageError(Flux2Error):

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw
 
+from pipelines.prompt_cache import CacheStats
 from pipelines.sizes import REFERENCE_PIXELS
 from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback, StepEvent
-from pipelines.validation import validate_request
 
 
 class FakeEngine:
@@ -38,6 +38,9 @@ class FakeEngine:
     def num_steps(self) -> int:
         return self._num_steps
 
+    def prompt_cache_stats(self) -> CacheStats | None:
+        return None
+
     def load(self) -> None:
         self.loaded = True
 
@@ -50,8 +53,8 @@ class FakeEngine:
         on_step: StepCallback | None = None,
         should_cancel: CancelCheck | None = None,
     ) -> list[EditResult]:
-        for request in batch:
-            validate_request(request, target_pixels=self.reference_pixels)
+        for request in batch:  # what the real engine checks when it groups the batch
+            request.batch_key(self.reference_pixels)
         self.calls.append(tuple(r.request_id for r in batch))
         started = time.perf_counter()
         alive = list(range(len(batch)))

@@ -62,12 +62,11 @@ from pipelines.memory import (
     parse_profile,
     plan,
 )
-from pipelines.prompt_cache import PromptEmbeddingCache
+from pipelines.prompt_cache import CacheStats, PromptEmbeddingCache
 from pipelines.references import resize_reference
 from pipelines.schedules import SCHEDULES, FlashSchedule
 from pipelines.sizes import DEFAULT_PRESET, PRESETS, REFERENCE_PIXELS, ImageSize
 from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback, StepEvent
-from pipelines.validation import validate_request
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +186,9 @@ class Flux2Engine:
     @property
     def num_steps(self) -> int:
         return self.config.schedule.num_inference_steps
+
+    def prompt_cache_stats(self) -> CacheStats | None:
+        return self.prompt_cache.stats
 
     @property
     def pipe(self) -> Flux2Pipeline:
@@ -357,7 +359,6 @@ class Flux2Engine:
         should_cancel: CancelCheck | None = None,
     ) -> list[EditResult]:
         for request in batch:
-            validate_request(request, target_pixels=self.config.reference_pixels)
             if request.enable_prompt_expansion and not self.config.allow_prompt_expansion:
                 raise InvalidRequest(
                     "prompt expansion is disabled on this server",
@@ -365,7 +366,7 @@ class Flux2Engine:
                     input=True,
                 )
         groups: dict[tuple[object, ...], list[int]] = {}
-        for index, request in enumerate(batch):
+        for index, request in enumerate(batch):  # raises for an unusable reference
             key = request.batch_key(self.config.reference_pixels)
             groups.setdefault(key, []).append(index)
         results: dict[int, EditResult] = {}

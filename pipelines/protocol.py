@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
+from pipelines.prompt_cache import CacheStats
 from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback
 
 
@@ -19,6 +20,10 @@ class EditEngine(Protocol):
     @property
     def num_steps(self) -> int:
         """Denoising steps per call; progress events count up to this."""
+        ...
+
+    def prompt_cache_stats(self) -> CacheStats | None:
+        """Counters of the prompt-embedding cache, for metrics; None without one."""
         ...
 
     def load(self) -> None:
@@ -37,6 +42,11 @@ class EditEngine(Protocol):
     ) -> list[EditResult]:
         """Run a batch of edits; return one result per request, in order.
 
+        Requests are trusted: callers pass requests that passed
+        :func:`pipelines.validation.validate_request` (the worker's come from inputs validated
+        at the HTTP edge). A reference the engine cannot resize still raises ``InvalidRequest``
+        before any model work.
+
         Args:
             batch: the requests. Requests that cannot share tensors are run in sub-batches.
             on_step: called once per denoising step of every sub-batch.
@@ -44,7 +54,7 @@ class EditEngine(Protocol):
                 answers True stops at once (no decode) and comes back with ``cancelled=True``.
 
         Raises:
-            InvalidRequest: a request is malformed; raised before any model work.
+            InvalidRequest: a reference image cannot be used; raised before any model work.
             GenerationFailed: the model failed; the whole call failed, nothing is returned.
         """
         ...

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from PIL import Image
 
+from core.errors import InvalidRequest
 from pipelines.references import resize_reference
 from pipelines.sizes import ImageSize, reference_size
 
@@ -14,6 +15,8 @@ MAX_REFERENCES = 4
 MAX_IMAGES = 4
 MIN_GUIDANCE = 0.0
 MAX_GUIDANCE = 20.0
+MAX_SEED = 2**63 - 1  # image k uses seed + k: still a valid generator seed
+MIN_OUTPUT_SIDE = 64  # the engine's own floor; the HTTP schema applies fal's 512..2048
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,9 @@ class EditRequest:
     #: The reference pixel target ``images`` are already resized for (RGB, at their reference
     #: sizes), or None when the engine still has to resize them.
     prepared_for: int | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def reference_sizes(self, target_pixels: int) -> tuple[ImageSize, ...]:
         """The size each reference is fed at: about ``target_pixels``, on the 16-pixel grid.
@@ -67,6 +73,65 @@ class EditRequest:
         Guidance may differ inside a batch: FLUX.2 takes one guidance value per batch row.
         """
         return (self.size.generation, self.reference_sizes(target_pixels))
+
+
+def check_fields(request: EditRequest) -> None:
+    """Raise :class:`InvalidRequest` naming the field (in fal's form, under ``body``) when a
+    field of ``request`` is out of what the engine can run."""
+    if not request.prompt.strip():
+        raise InvalidRequest(
+            "Field required: prompt must not be empty",
+            loc=("body", "prompt"),
+            type="string_too_short",
+            ctx={"min_length": 1},
+            input=request.prompt,
+        )
+    if not 1 <= len(request.images) <= MAX_REFERENCES:
+        raise InvalidRequest(
+            f"between 1 and {MAX_REFERENCES} reference images are needed, "
+            f"got {len(request.images)}",
+            loc=("body", "image_urls"),
+            type="too_short" if not request.images else "too_long",
+            ctx={"min_length": 1, "max_length": MAX_REFERENCES},
+        )
+    if not 1 <= request.num_images <= MAX_IMAGES:
+        bound, type_ = (
+            ({"ge": 1}, "greater_than_equal")
+            if request.num_images < 1
+            else ({"le": MAX_IMAGES}, "less_than_equal")
+        )
+        raise InvalidRequest(
+            f"num_images must be between 1 and {MAX_IMAGES}",
+            loc=("body", "num_images"),
+            type=type_,
+            ctx=bound,
+            input=request.num_images,
+        )
+    if not MIN_GUIDANCE <= request.guidance_scale <= MAX_GUIDANCE:
+        raise InvalidRequest(
+            f"guidance_scale must be between {MIN_GUIDANCE:g} and {MAX_GUIDANCE:g}",
+            loc=("body", "guidance_scale"),
+            type="less_than_equal"
+            if request.guidance_scale > MAX_GUIDANCE
+            else "greater_than_equal",
+            ctx={"le": MAX_GUIDANCE} if request.guidance_scale > MAX_GUIDANCE else {"ge": 0},
+            input=request.guidance_scale,
+        )
+    for side in ("width", "height"):
+        if getattr(request.size, side) < MIN_OUTPUT_SIDE:
+            raise InvalidRequest(
+                f"image_size.{side} must be at least {MIN_OUTPUT_SIDE}",
+                loc=("body", "image_size", side),
+                type="greater_than_equal",
+                ctx={"ge": MIN_OUTPUT_SIDE},
+                input=getattr(request.size, side),
+            )
+    if not 0 <= request.seed <= MAX_SEED:
+        raise InvalidRequest(
+            "seed must be a non-negative 63-bit integer",
+            loc=("body", "seed"),
+            input=request.seed,
+        )
 
 
 @dataclass(frozen=True)

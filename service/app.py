@@ -1,14 +1,16 @@
 """The FastAPI app factory: routes, fal-shaped errors, and the embedded worker's lifecycle.
 
-``create_app(settings, queue=..., store=..., worker=...)`` wires the seams together; the CLI's
-``serve`` passes an embedded worker (the engine in this process), ``api`` passes none. The HTTP
-layer never imports torch: it talks to the worker only through the queue and the store.
+``create_app(settings, queue=..., store=..., worker=...)`` wires the seams together
+(:func:`service.bootstrap.build_app` calls it for every command); ``serve`` passes an embedded
+worker (the engine in this process), ``api`` passes none. The HTTP layer never imports torch or
+the worker's modules: it talks to the worker only through the queue and the store (off the event
+loop, :class:`~service.job_access.AsyncJobs`), and knows of an embedded worker only its
+:class:`~service.status.WorkerHandle`.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,14 +21,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import Flux2Error, QueueFull, Unauthorized
 from service.auth import ApiKeys
 from service.fal_errors import error_body, pydantic_problems
+from service.job_access import AsyncJobs
 from service.limits import BodyLimitMiddleware
-from service.logs import adopt_request_id, request_context
-from service.metrics import Metrics, MetricsMiddleware
+from service.metrics import Metrics
+from service.middleware import MetricsMiddleware, RequestIdMiddleware, UnexpectedErrorMiddleware
 from service.proxy import FalProxyMiddleware
 from service.queue.base import JobQueue
 from service.routes import files as files_routes
@@ -37,22 +39,23 @@ from service.routes import queue as queue_routes
 from service.routes import run as run_routes
 from service.schema import openapi_components
 from service.settings import Settings
+from service.status import WorkerHandle
 from service.storage.base import ArtifactStore
 from service.webhooks import WebhookSender
-from service.worker import Worker
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class AppState:
+    """What the routes read from ``request.app.state.flux2``."""
+
     settings: Settings
-    queue: JobQueue
-    store: ArtifactStore
-    worker: Worker | None
+    jobs: AsyncJobs
+    worker: WorkerHandle | None
     webhooks: WebhookSender | None
     keys: ApiKeys
-    metrics: Metrics | None = None
+    metrics: Metrics
 
 
 def create_app(
@@ -60,19 +63,17 @@ def create_app(
     *,
     queue: JobQueue,
     store: ArtifactStore,
-    worker: Worker | None = None,
+    worker: WorkerHandle | None = None,
     webhooks: WebhookSender | None = None,
     metrics: Metrics | None = None,
 ) -> FastAPI:
     """The HTTP app. ``worker`` (if any) is started and stopped with the app.
 
-    ``metrics`` (made here when None) is served at ``/metrics`` and also given to a ``worker``
-    that has none, so an embedded worker's job metrics appear there too.
+    ``metrics`` (made here when None) is served at ``/metrics``; give an embedded worker the
+    same one (the bootstrap does) so its job metrics appear there too.
     """
     metrics = metrics if metrics is not None else Metrics()
     metrics.bind(queue=queue, worker=worker)
-    if worker is not None and worker.metrics is None:
-        worker.metrics = metrics
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -95,11 +96,10 @@ def create_app(
     )
     app.state.flux2 = AppState(
         settings=settings,
-        queue=queue,
-        store=store,
+        jobs=AsyncJobs(queue, store),
         worker=worker,
         webhooks=webhooks,
-        keys=ApiKeys(settings.api_keys),
+        keys=ApiKeys(settings.http.api_keys),
         metrics=metrics,
     )
     app.include_router(run_routes.router)
@@ -113,83 +113,16 @@ def create_app(
     app.add_middleware(UnexpectedErrorMiddleware)  # innermost: its 500 still gets CORS and ids
     app.add_middleware(
         CORSMiddleware,
-        allow_origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()],
+        allow_origins=[o.strip() for o in settings.http.cors_origins.split(",") if o.strip()],
         allow_methods=["*"],
         allow_headers=["*"],
         expose_headers=["x-fal-request-id", "x-fal-error-type"],
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.http.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # inside the request id, sees routes
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(FalProxyMiddleware)
     return app
-
-
-class UnexpectedErrorMiddleware:
-    """Any unhandled exception becomes fal's 500, logged once with its traceback.
-
-    Starlette answers ``exception_handler(Exception)`` from its outermost middleware, past CORS
-    and the request id; catching it here, inside them, keeps both on the error.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception:
-            logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
-            if started:
-                raise
-            response = JSONResponse(
-                status_code=500,
-                content={"detail": "Internal Server Error", "error_type": "internal_error"},
-                headers={"X-Fal-Error-Type": "internal_error"},
-            )
-            await response(scope, receive, send)
-
-
-class RequestIdMiddleware:
-    """Every response carries ``x-fal-request-id`` (PY retries 5xx that lack it).
-
-    Log records made during the request carry the same id (the job's, once a route names it).
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        request_id = str(uuid.uuid4())
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                given = next((v for k, v in headers if k.lower() == b"x-fal-request-id"), None)
-                if given is None:
-                    headers.append((b"x-fal-request-id", request_id.encode()))
-                else:
-                    adopt_request_id(given.decode("latin-1"))
-                message = {**message, "headers": headers}
-            await send(message)
-
-        with request_context(request_id):
-            await self.app(scope, receive, send_with_id)
 
 
 def _add_input_schema(app: FastAPI) -> None:

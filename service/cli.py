@@ -21,8 +21,6 @@ from core.errors import ConfigError, Flux2Error, InvalidRequest
 from service.settings import Settings
 
 logger = logging.getLogger("flux2-edit")
-#: Steps before the end of its batch at which a busy worker sharing Redis claims the next jobs.
-PREFETCH_STEPS = 2
 
 # argparse dest -> Settings field, for the options that are settings.
 _SETTINGS_OPTIONS = {
@@ -167,6 +165,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     from pipelines.schedules import parse_schedule
     from pipelines.sizes import parse_image_size
     from pipelines.types import EditRequest
+    from pipelines.validation import validate_request
     from service.engines import create_engine
     from service.inputs import FetchPolicy, load_image
     from service.outputs import OutputFormat, encode_image
@@ -188,7 +187,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     guidance = args.guidance_scale
     if guidance is None:
-        guidance = parse_schedule(settings.schedule).default_guidance
+        guidance = parse_schedule(settings.engine.schedule).default_guidance
     request = EditRequest(
         request_id="cli",
         prompt=args.prompt,
@@ -199,6 +198,7 @@ def _cmd_edit(args: argparse.Namespace) -> int:
         guidance_scale=guidance,
         enable_prompt_expansion=args.expand_prompt,
     )
+    validate_request(request, target_pixels=settings.engine.reference_pixels)
     with tqdm(total=engine.num_steps, desc="denoising", unit="step", file=sys.stderr) as bar:
         (result,) = engine.run([request], on_step=lambda event: bar.update(1))
     written = []
@@ -217,11 +217,12 @@ def _cmd_edit(args: argparse.Namespace) -> int:
 
 
 def _check_model(settings: Settings) -> None:
-    if settings.model is None:
+    model = settings.engine.model
+    if model is None:
         raise ConfigError("no model given: pass --model PATH|tiny or set FLUX2_MODEL")
-    if settings.model != "tiny" and not (Path(settings.model) / "model_index.json").is_file():
+    if model != "tiny" and not (Path(model) / "model_index.json").is_file():
         raise ConfigError(
-            f"--model {settings.model}: not a FLUX.2 checkpoint directory (no model_index.json); "
+            f"--model {model}: not a FLUX.2 checkpoint directory (no model_index.json); "
             "use 'tiny', or fetch the weights with 'flux2-edit weights download'"
         )
 
@@ -232,103 +233,48 @@ def _check_exposure(settings: Settings) -> None:
 
     from service.auth import ApiKeys
 
-    if ApiKeys(settings.api_keys).enabled or settings.allow_unauthenticated:
+    http = settings.http
+    if ApiKeys(http.api_keys).enabled or http.allow_unauthenticated:
         return
-    host = settings.host.strip("[]")
+    host = http.host.strip("[]")
     try:
         loopback = ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = host == "localhost"
     if not loopback:
         raise ConfigError(
-            f"refusing to serve on {settings.host} without API keys: set FLUX2_API_KEYS "
+            f"refusing to serve on {http.host} without API keys: set FLUX2_API_KEYS "
             "(see 'flux2-edit key'), bind 127.0.0.1, or set FLUX2_ALLOW_UNAUTHENTICATED=true"
         )
-
-
-def _make_worker(
-    settings: Settings,
-    queue: Any,
-    store: Any,
-    webhooks: Any,
-    *,
-    alone: bool = True,
-    metrics: Any = None,
-) -> Any:
-    from pipelines.safety import make_safety_checker
-    from service.backends import consumer_name
-    from service.engines import create_engine
-    from service.inputs import FetchPolicy
-    from service.worker import Worker, WorkerOptions
-
-    # Fail closed, and early: a checker that cannot load stops the server from starting.
-    checker = make_safety_checker(
-        settings.safety_checker,
-        threshold=settings.safety_threshold,
-        model_dir=settings.safety_model_dir,
-    )
-    checker.load()
-
-    return Worker(
-        lambda: create_engine(settings, progress=logger.info),
-        queue,
-        store,
-        webhooks=webhooks,
-        options=WorkerOptions(
-            max_batch_images=settings.max_batch_images,
-            batch_window=settings.batch_window_ms / 1000,
-            reference_pixels=settings.reference_pixels,
-            fail_jobs_when_broken=alone,
-            # With Redis other workers may be idle: a busy one takes the next batch's jobs only
-            # in its last steps (enough to prepare them before the GPU is free).
-            prefetch_steps=None if settings.redis_url is None else PREFETCH_STEPS,
-            check_inputs=settings.safety_check_inputs,
-            allow_disable_safety=settings.allow_disable_safety_checker,
-            fetch_policy=FetchPolicy.from_text(
-                settings.fetch_allow,
-                max_bytes=settings.fetch_max_bytes,
-                read_timeout=settings.fetch_timeout_seconds,
-            ),
-        ),
-        name=consumer_name("serve" if alone else "worker"),
-        safety_factory=lambda: checker,
-        metrics=metrics,
-    )
 
 
 def _serve_http(settings: Settings, *, with_worker: bool) -> int:
     import uvicorn
 
-    from service.app import create_app
-    from service.backends import make_queue, make_store
+    from service.bootstrap import Role, build, build_app
     from service.logs import setup_logging
-    from service.webhooks import WebhookSender
 
-    if (settings.ssl_certfile is None) != (settings.ssl_keyfile is None):
+    http = settings.http
+    if (http.ssl_certfile is None) != (http.ssl_keyfile is None):
         raise ConfigError("--ssl-certfile and --ssl-keyfile go together")
     if with_worker:
         _check_model(settings)
     _check_exposure(settings)
-    setup_logging(settings.log_level, json=settings.log_format == "json")
-    queue = make_queue(settings, role="serve" if with_worker else "api")
-    store = make_store(settings)
-    webhooks = WebhookSender(
-        attempts=settings.webhook_attempts, backoff=settings.webhook_backoff_seconds
-    )
-    worker = _make_worker(settings, queue, store, webhooks) if with_worker else None
-    app = create_app(settings, queue=queue, store=store, worker=worker, webhooks=webhooks)
-    scheme = "https" if settings.ssl_certfile else "http"
+    logs = settings.observability
+    setup_logging(logs.log_level, json=logs.log_format == "json")
+    app = build_app(build(settings, Role.SERVE if with_worker else Role.API))
+    scheme = "https" if http.ssl_certfile else "http"
     _say(
-        f"flux2-edit: serving on {scheme}://{settings.host}:{settings.port}"
+        f"flux2-edit: serving on {scheme}://{http.host}:{http.port}"
         + (" (model loading…)" if with_worker else " (API node; workers on Redis)")
     )
     uvicorn.run(
         app,
-        host=settings.host,
-        port=settings.port,
-        ssl_certfile=str(settings.ssl_certfile) if settings.ssl_certfile else None,
-        ssl_keyfile=str(settings.ssl_keyfile) if settings.ssl_keyfile else None,
-        log_level=settings.log_level,
+        host=http.host,
+        port=http.port,
+        ssl_certfile=str(http.ssl_certfile) if http.ssl_certfile else None,
+        ssl_keyfile=str(http.ssl_keyfile) if http.ssl_keyfile else None,
+        log_level=logs.log_level,
         log_config=None,  # uvicorn's lines go through our handler (text or JSON)
         access_log=False,  # the metrics middleware writes one line per request, with its id
     )
@@ -340,7 +286,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _require_redis(settings: Settings, command: str) -> None:
-    if not settings.redis_url:
+    if not settings.queue.redis_url:
         raise ConfigError(f"flux2-edit {command} needs --redis-url (or FLUX2_REDIS_URL)")
 
 
@@ -354,33 +300,28 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from service.backends import make_queue, make_store
+    from service.bootstrap import Role, build
     from service.logs import setup_logging
-    from service.webhooks import WebhookSender
 
     settings = settings_from_args(args)
     _require_redis(settings, "worker")
     _check_model(settings)
-    setup_logging(settings.log_level, json=settings.log_format == "json")
-    queue = make_queue(settings, role="worker")
-    store = make_store(settings)
-    webhooks = WebhookSender(
-        attempts=settings.webhook_attempts, backoff=settings.webhook_backoff_seconds
-    )
-    from service.metrics import Metrics
-
-    metrics = Metrics()
-    worker = _make_worker(settings, queue, store, webhooks, alone=False, metrics=metrics)
-    metrics.bind(queue=queue, worker=worker)
-    if settings.metrics_port is not None:
+    logs = settings.observability
+    setup_logging(logs.log_level, json=logs.log_format == "json")
+    components = build(settings, Role.WORKER)
+    worker = components.worker
+    assert worker is not None
+    if logs.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+        start_http_server(
+            logs.metrics_port, addr=settings.http.host, registry=components.metrics.registry
+        )
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     worker.start()
-    _say(f"flux2-edit: worker taking jobs from {settings.redis_url} (model loading…)")
+    _say(f"flux2-edit: worker taking jobs from {settings.queue.redis_url} (model loading…)")
     while not stop.wait(1.0):
         if worker.state.value in ("setup_failed", "defunct"):
             _say(f"flux2-edit: worker {worker.state.value}: {worker.error}")
@@ -388,8 +329,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
             return 1
     _say("flux2-edit: draining (finishing the running batch, releasing the rest)")
     worker.stop()
-    webhooks.close()
-    queue.close()
+    components.close()
     return 0
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from core.errors import ConfigError
 from pipelines.schedules import parse_schedule
-from service.settings import Settings
+from service.settings import EngineSettings, Settings
 
 if TYPE_CHECKING:
     from pipelines.flux2 import Flux2EngineConfig
@@ -18,37 +18,42 @@ TINY = "tiny"
 
 
 def resolve_model_path(settings: Settings, progress: Callable[[str], None] | None = None) -> Path:
-    """The local checkpoint directory for ``settings.model``; builds the tiny one on first use."""
-    if settings.model is None:
+    """The local checkpoint directory for ``settings.engine.model``; builds the tiny one (into
+    ``cache_dir``) on first use."""
+    model = settings.engine.model
+    if model is None:
         raise ConfigError("no model given: pass --model PATH|tiny or set FLUX2_MODEL")
-    if settings.model == TINY:
+    if model == TINY:
         from weights.tiny import ensure_tiny_checkpoint
 
         if progress is not None:
             progress("using the tiny random-weight FLUX.2 checkpoint")
-        return ensure_tiny_checkpoint(settings.cache_dir / "models")
-    return Path(settings.model).expanduser()
+        return ensure_tiny_checkpoint(settings.storage.cache_dir / "models")
+    return Path(model).expanduser()
 
 
-def engine_config(settings: Settings, model_path: Path) -> Flux2EngineConfig:
-    """The FLUX.2 engine configuration ``settings`` describe, for the checkpoint ``model_path``."""
+def engine_config(engine: EngineSettings, model_path: Path) -> Flux2EngineConfig:
+    """The FLUX.2 engine configuration the engine settings describe, for ``model_path``.
+
+    The one place engine settings become the engine's own configuration (the engine, a lower
+    layer, does not know the service's settings)."""
     from pipelines.flux2 import Flux2EngineConfig
 
     return Flux2EngineConfig(
         model_path=model_path,
-        device=settings.device,
-        dtype=settings.dtype,
-        lora_path=settings.lora_path,
-        lora_scale=settings.lora_scale,
-        schedule=parse_schedule(settings.schedule),
-        reference_pixels=settings.reference_pixels,
-        prompt_cache_bytes=settings.prompt_cache_mb * 1024 * 1024,
-        memory_profile=settings.memory_profile,
-        attention_backend=settings.attention_backend,
-        fuse_qkv=settings.fuse_qkv,
-        compile_blocks=settings.compile_blocks,
-        quantize=settings.quantize,
-        allow_prompt_expansion=settings.allow_prompt_expansion,
+        device=engine.device,
+        dtype=engine.dtype,
+        lora_path=engine.lora_path,
+        lora_scale=engine.lora_scale,
+        schedule=parse_schedule(engine.schedule),
+        reference_pixels=engine.reference_pixels,
+        prompt_cache_bytes=engine.prompt_cache_mb * 1024 * 1024,
+        memory_profile=engine.memory_profile,
+        attention_backend=engine.attention_backend,
+        fuse_qkv=engine.fuse_qkv,
+        compile_blocks=engine.compile_blocks,
+        quantize=engine.quantize,
+        allow_prompt_expansion=engine.allow_prompt_expansion,
     )
 
 
@@ -57,7 +62,8 @@ def create_engine(settings: Settings, progress: Callable[[str], None] | None = N
     from pipelines.flux2 import Flux2Engine, quiet_libraries
 
     quiet_libraries()
-    engine = Flux2Engine(engine_config(settings, resolve_model_path(settings, progress)))
+    config = engine_config(settings.engine, resolve_model_path(settings, progress))
+    engine = Flux2Engine(config)
     if progress is not None:
         progress(f"loading FLUX.2 from {engine.config.model_path}")
     engine.load()

@@ -1,5 +1,8 @@
 """Rendering our errors in fal's shapes (fal-protocol.md §12), once, for every path.
 
+The HTTP error handlers use these bodies directly; finished jobs get them through
+:mod:`service.outcomes`.
+
 * request validation and model input errors: ``{"detail": [{loc, msg, type, url, ctx, input}]}``
 * everything else: ``{"detail": "<message>", "error_type": "<code>"}`` plus ``X-Fal-Error-Type``
 """
@@ -9,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from core.errors import Flux2Error, InvalidRequest
-from service.jobs import Outcome
 
 DOCS_URL = "https://docs.fal.ai/errors/#{type}"
 
@@ -57,28 +59,6 @@ def error_body(exc: Flux2Error) -> dict[str, Any]:
             "detail": [problem_json(p.loc, p.msg, p.type, p.ctx, p.input) for p in exc.problems]
         }
     return {"detail": exc.message, "error_type": exc.code}
-
-
-def error_outcome(exc: Flux2Error) -> Outcome:
-    """How a job that failed with ``exc`` ends (status body and result)."""
-    error_type = exc.problems[0].type if isinstance(exc, InvalidRequest) else exc.code
-    return Outcome(
-        status_code=exc.http_status,
-        body=error_body(exc),
-        error=exc.message,
-        error_type=error_type,
-    )
-
-
-def validation_outcome(errors: list[Any]) -> Outcome:
-    """The outcome of a job whose input failed the schema (validated by hand, loc under body)."""
-    problems = pydantic_problems(errors, prefix=("body",))
-    return Outcome(
-        status_code=422,
-        body={"detail": problems},
-        error=problems[0]["msg"] if problems else "Invalid input",
-        error_type=problems[0]["type"] if problems else "value_error",
-    )
 
 
 def _jsonable(value: Any) -> Any:

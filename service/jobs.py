@@ -1,12 +1,24 @@
-"""Jobs as the queue stores them: plain, JSON-serialisable records (no torch, no HTTP)."""
+"""Jobs as the queues store them: records with a typed input, serialisable to JSON (no torch, no
+HTTP).
+
+A job carries its input as the endpoint's pydantic model, parsed once at the HTTP edge. Backends
+that store JSON (Redis) write it with :meth:`Job.to_json` and read it back into the same type with
+:meth:`Job.from_json`; an input that no longer parses (a record written by another version, or
+tampered with) leaves ``input`` unset and says why in ``input_error``, and the worker fails that
+job cleanly instead of running it.
+"""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from pydantic import ValidationError
+
+from service.endpoints import DEFAULT_ENDPOINT, ENDPOINTS, EndpointInput
 
 
 class JobStatus(StrEnum):
@@ -81,11 +93,17 @@ class Outcome:
 
 @dataclass
 class Job:
-    """A queued edit. ``input`` is the validated fal input as JSON."""
+    """A queued request.
+
+    ``input`` is the endpoint's validated input. It is None for a request refused at the edge
+    (recorded with ``finish_now``: it never runs) and for a stored record whose input could not
+    be read back (``input_error`` says why; the worker fails such a job).
+    """
 
     id: str
-    input: dict[str, Any]
+    input: EndpointInput | None
     base_url: str
+    endpoint: str = DEFAULT_ENDPOINT.id
     webhook_url: str | None = None
     priority: Priority = Priority.NORMAL
     start_deadline: float | None = None  # unix time by which it must start (X-Fal-Request-Timeout)
@@ -98,20 +116,35 @@ class Job:
     cancel_requested: bool = False
     deliveries: int = 0  # how many times a worker claimed it (crash recovery counts up)
     owner: str | None = None  # fingerprint of the API key that submitted it
+    input_error: str | None = None  # why a stored input could not be parsed back (not stored)
+
+    @property
+    def num_images(self) -> int:
+        """Output images the job asks for (1 when its input is unreadable)."""
+        return self.input.num_images if self.input is not None else 1
 
     def to_json(self) -> dict[str, Any]:
         """Everything but the logs, which backends keep apart (they grow during a run)."""
-        data = asdict(self)
-        data.pop("logs")
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("logs", "input_error"):
+            data.pop(name)
+        data["input"] = None if self.input is None else self.input.model_dump(mode="json")
         data["outcome"] = self.outcome.to_json() if self.outcome else None
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any], logs: list[LogEntry] | None = None) -> Job:
-        fields = dict(data)
-        outcome = fields.pop("outcome", None)
+        """The job ``data`` (from :meth:`to_json`) describes, its input parsed back into the
+        endpoint's model; an unreadable input is recorded in ``input_error``."""
+        values = dict(data)
+        outcome = values.pop("outcome", None)
+        raw_input = values.pop("input", None)
+        endpoint_id = values.setdefault("endpoint", DEFAULT_ENDPOINT.id)
+        parsed, error = _parse_input(endpoint_id, raw_input)
         return cls(
-            **fields,
+            **values,
+            input=parsed,
+            input_error=error,
             logs=list(logs or []),
             outcome=Outcome.from_json(outcome) if outcome else None,
         )
@@ -119,6 +152,22 @@ class Job:
     def __post_init__(self) -> None:
         self.status = JobStatus(self.status)
         self.priority = Priority(self.priority)
+
+
+def _parse_input(endpoint_id: str, raw: Any) -> tuple[EndpointInput | None, str | None]:
+    if raw is None:
+        return None, None
+    endpoint = ENDPOINTS.get(endpoint_id)
+    if endpoint is None:
+        return None, f"unknown endpoint {endpoint_id!r}"
+    try:
+        return endpoint.input_model.model_validate(raw), None
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'input'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        return None, f"the stored input does not match {endpoint_id}: {problems}"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Prometheus metrics: one :class:`Metrics` (and its own registry) per app or worker process.
 
-Counters and histograms are updated where things happen (the HTTP middleware, the worker);
+Counters and histograms are updated where things happen (the HTTP middleware in
+:mod:`service.middleware`, the worker);
 values that already live elsewhere (queue depth, the worker's state, the prompt cache's counters,
 GPU memory) are read at scrape time by :class:`_LiveCollector`. Nothing here imports torch: GPU
 memory is reported only when torch is already imported and CUDA is initialised.
@@ -12,7 +13,8 @@ import logging
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from enum import StrEnum
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -26,27 +28,29 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipelines.prompt_cache import CacheStats
 from service.jobs import Job, Outcome
+from service.queue.base import JobQueue
 
-if TYPE_CHECKING:
-    from service.queue.base import JobQueue
-    from service.worker import Worker
-
-__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "MetricsMiddleware"]
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "WorkerProbe"]
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("service.access")
-
-OTHER_ROUTE = "other"  # requests that matched no route (bounded label values)
-QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})  # probes: access lines at DEBUG
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 RUN_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 20, 30, 60, 120, 300)
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16)
+
+
+class WorkerProbe(Protocol):
+    """What the metrics read from a worker at scrape time."""
+
+    @property
+    def state(self) -> StrEnum: ...
+
+    def prompt_cache_stats(self) -> CacheStats | None: ...
 
 
 class Metrics:
@@ -125,7 +129,7 @@ class Metrics:
         self._live = _LiveCollector()
         r.register(self._live)
 
-    def bind(self, *, queue: JobQueue | None = None, worker: Worker | None = None) -> None:
+    def bind(self, *, queue: JobQueue | None = None, worker: WorkerProbe | None = None) -> None:
         """Read the queue depth from ``queue``, and the state, prompt cache and GPU memory of
         ``worker``, at every scrape."""
         if queue is not None:
@@ -193,8 +197,8 @@ class _LiveCollector:
     """Values read at scrape time from the bound queue and worker."""
 
     def __init__(self) -> None:
-        self.queue: Any = None
-        self.worker: Worker | None = None
+        self.queue: JobQueue | None = None
+        self.worker: WorkerProbe | None = None
 
     def describe(self) -> list[Metric]:
         return []  # unchecked names: what collect() yields depends on what is bound
@@ -210,37 +214,35 @@ class _LiveCollector:
         for member in type(worker.state):
             state.add_metric([member.value], 1.0 if member is worker.state else 0.0)
         yield state
-        yield from _prompt_cache(worker.engine)
+        yield from _prompt_cache(worker.prompt_cache_stats())
         yield from _gpu_memory()
 
     def _queue_depth(self) -> Iterable[Metric]:
-        depth = getattr(self.queue, "depth", None)
-        if not callable(depth):
+        if self.queue is None:
             return []
         try:
-            value = int(depth())
+            value = int(self.queue.depth())
         except Exception as exc:  # a scrape must not fail because Redis is away
             logger.warning("queue depth unavailable: %s", exc)
             return []
         return [GaugeMetricFamily("flux2_queue_depth", "Jobs waiting in the queue.", value=value)]
 
 
-def _prompt_cache(engine: object) -> Iterable[Metric]:
-    stats = getattr(getattr(engine, "prompt_cache", None), "stats", None)
-    hits, misses = getattr(stats, "hits", None), getattr(stats, "misses", None)
-    if not isinstance(hits, int) or not isinstance(misses, int):
+def _prompt_cache(stats: CacheStats | None) -> Iterable[Metric]:
+    if stats is None:
         return []
-    metrics: list[Metric] = [
-        CounterMetricFamily("flux2_prompt_cache_hits", "Prompt embeddings reused.", value=hits),
+    return [
         CounterMetricFamily(
-            "flux2_prompt_cache_misses", "Prompts run through the text encoder.", value=misses
+            "flux2_prompt_cache_hits", "Prompt embeddings reused.", value=stats.hits
+        ),
+        CounterMetricFamily(
+            "flux2_prompt_cache_misses", "Prompts run through the text encoder.", value=stats.misses
+        ),
+        GaugeMetricFamily("flux2_prompt_cache_entries", "Cached prompts.", value=stats.entries),
+        GaugeMetricFamily(
+            "flux2_prompt_cache_bytes", "Bytes of cached tensors.", value=stats.bytes
         ),
     ]
-    for name, help_text in (("entries", "Cached prompts."), ("bytes", "Bytes of cached tensors.")):
-        value = getattr(stats, name, None)
-        if isinstance(value, int):
-            metrics.append(GaugeMetricFamily(f"flux2_prompt_cache_{name}", help_text, value=value))
-    return metrics
 
 
 def _gpu_memory() -> Iterable[Metric]:
@@ -263,52 +265,3 @@ def _gpu_memory() -> Iterable[Metric]:
         logger.warning("GPU memory unavailable: %s", exc)
         return []
     return [family]
-
-
-class MetricsMiddleware:
-    """Counts and times every HTTP request by route template, and logs one access line (at
-    DEBUG for successful probes and scrapes, so they do not drown the rest).
-
-    Register it inside ``RequestIdMiddleware`` (so the line carries the request id) and inside
-    any middleware that copies the scope (so the router's ``scope["route"]`` is visible here).
-    """
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # what the server answers if the app raises before responding
-
-        async def recording_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, recording_send)
-        finally:
-            seconds = time.perf_counter() - started
-            route = _route_template(scope)
-            method = str(scope.get("method", ""))
-            self.metrics.observe_request(route, method, status, seconds)
-            quiet = route in QUIET_ROUTES and status < 400
-            access_logger.log(
-                logging.DEBUG if quiet else logging.INFO,
-                "%s %s %d %.1f ms",
-                method,
-                scope.get("path", ""),
-                status,
-                seconds * 1000,
-                extra={"route": route, "status": status, "duration_ms": round(seconds * 1000, 1)},
-            )
-
-
-def _route_template(scope: Scope) -> str:
-    path = getattr(scope.get("route"), "path", None)
-    return path if isinstance(path, str) and path else OTHER_ROUTE

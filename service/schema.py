@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
-from pipelines.sizes import PRESETS
-from pipelines.types import MAX_REFERENCES
+from pipelines.sizes import DEFAULT_PRESET, PRESETS
+from pipelines.sizes import ImageSize as PixelSize
+from pipelines.types import MAX_REFERENCES, MAX_SEED
 
 ENDPOINT_ID = "fal-ai/flux-2/flash/edit"
 MAX_PROMPT_CHARS = 10_000  # the text encoder reads 512 tokens; this only stops abuse
@@ -107,9 +109,44 @@ class Flux2FlashEditInput(BaseModel):
         f"are allowed, if more are provided, only the first {MAX_REFERENCES} will be used.",
     )
 
+    # What the engine needs beyond fal's published ranges, checked here so that a request is
+    # refused at the edge (fal's 422) rather than failing in the worker. Validators, not Field
+    # bounds: the published schema stays fal's.
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_has_text(cls, value: str) -> str:
+        if not value.strip():
+            raise PydanticCustomError(
+                "string_too_short",
+                "String should have at least 1 character that is not whitespace",
+                {"min_length": 1},
+            )
+        return value
+
+    @field_validator("seed")
+    @classmethod
+    def _seed_in_range(cls, value: int | None) -> int | None:
+        if value is not None and not 0 <= value <= MAX_SEED:
+            raise PydanticCustomError(
+                "value_error",
+                "seed must be between 0 and {max_seed}",
+                {"max_seed": MAX_SEED},
+            )
+        return value
+
     def used_image_urls(self) -> list[str]:
         """The references the edit uses: the first four, as fal documents."""
         return self.image_urls[:MAX_REFERENCES]
+
+    def output_size(self) -> PixelSize:
+        """``image_size`` in pixels (its bounds were checked by the schema)."""
+        size = self.image_size
+        if size is None:
+            return PRESETS[DEFAULT_PRESET]
+        if isinstance(size, str):
+            return PRESETS[size]
+        return PixelSize(size.width, size.height)
 
 
 class ImageFile(BaseModel):

@@ -2,47 +2,69 @@
 
 Build it once in the command's ``main`` (``Settings()`` reads the environment; the CLI passes its
 options as keyword arguments, which win) and pass it down. No other module reads ``os.environ``.
+
+Options are grouped by the component that takes them whole (``settings.engine``,
+``settings.queue``, ``settings.http``, ...); each group reads its own ``FLUX2_<NAME>`` variables,
+so the variable of every option is ``FLUX2_`` plus its field name, whatever its group. Keyword
+arguments may name a group (``Settings(engine=EngineSettings(...))``) or a field of any group
+(``Settings(model="tiny", port=9000)``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
+from pipelines.options import (
+    DEVICE_PATTERN,
+    AttentionBackend,
+    DType,
+    MemoryProfileName,
+    Quantize,
+    SafetyCheckerName,
+)
 from pipelines.schedules import DEFAULT_SCHEDULE, parse_schedule
 from pipelines.sizes import REFERENCE_PIXELS
-
-MemoryProfileName = Literal["auto", "resident", "offload_text_encoder", "model_offload", "cpu"]
 
 
 def _default_cache_dir() -> Path:
     return Path.home() / ".cache" / "flux2-edit"
 
 
-class Settings(BaseSettings):
-    """flux2-edit's configuration (environment prefix ``FLUX2_``)."""
+class _Group(BaseSettings):
+    """A group of settings, each read from ``FLUX2_<FIELD NAME>``."""
 
     model_config = SettingsConfigDict(env_prefix="FLUX2_", extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_means_unset(cls, data: Any) -> Any:
+        """``FLUX2_REDIS_URL=`` (as compose files write an unset variable) means "not set" for
+        the settings that can be unset; other settings keep the empty string."""
+        if isinstance(data, dict):
+            optional = {name for name, f in cls.model_fields.items() if f.default is None}
+            return {k: None if v == "" and k in optional else v for k, v in data.items()}
+        return data
+
+
+class EngineSettings(_Group):
+    """The model and how it runs (``flux2-edit serve``, ``worker`` and ``edit``)."""
 
     model: str | None = Field(
         default=None,
         description="A local FLUX.2 checkpoint directory (diffusers layout), or 'tiny' for the "
         "offline random-weight test checkpoint (built once into cache_dir).",
     )
-    cache_dir: Path = Field(
-        default_factory=_default_cache_dir,
-        description="Where the tiny checkpoint and other caches live.",
-    )
     device: str = Field(
-        default="auto", description="auto (CUDA if available, else CPU), cpu, cuda or cuda:N."
+        default="auto",
+        pattern=DEVICE_PATTERN,
+        description="auto (CUDA if available, else CPU), cpu, cuda or cuda:N.",
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="auto = bfloat16 on CUDA, float32 on CPU."
-    )
+    dtype: DType = Field(default="auto", description="auto = bfloat16 on CUDA, float32 on CPU.")
     lora_path: Path | None = Field(
         default=None,
         description="Distilled LoRA file fused at load time, e.g. flux.2-turbo-lora.safetensors.",
@@ -71,7 +93,7 @@ class Settings(BaseSettings):
         "CPU behind the prompt cache), model_offload (each model moved to the GPU while it "
         "runs) or cpu. A profile that does not fit still applies, with a warning.",
     )
-    attention_backend: str | None = Field(
+    attention_backend: AttentionBackend | None = Field(
         default=None,
         description="diffusers attention backend (native, flash, _flash_3, _flash_3_hub, "
         "...), or auto: the best one installed (FlashAttention 3 on Hopper, then 2, then "
@@ -85,7 +107,7 @@ class Settings(BaseSettings):
         description="torch.compile the repeated transformer blocks at start (warm-up compiles "
         "for a few minutes; GPU fast path).",
     )
-    quantize: Literal["fp8"] | None = Field(
+    quantize: Quantize | None = Field(
         default=None,
         description="fp8: transformer linear weights in float8 via torchao (pip install "
         "'flux2-edit[fp8]'; CUDA compute capability >= 8.9). Unset: dtype.",
@@ -95,7 +117,21 @@ class Settings(BaseSettings):
         description="false: requests with enable_prompt_expansion get 422, and the text "
         "encoder is trimmed to the 31 layers prompt encoding reads (48 -> 36 GB).",
     )
-    safety_checker: str = Field(
+
+    @field_validator("schedule")
+    @classmethod
+    def _known_schedule(cls, value: str) -> str:
+        try:
+            parse_schedule(value)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from exc
+        return value
+
+
+class SafetySettings(_Group):
+    """The NSFW checker the worker runs on references and outputs."""
+
+    safety_checker: SafetyCheckerName = Field(
         default="opennsfw",
         description="NSFW checker for outputs: opennsfw (offline, CPU), hf-image-classifier "
         "(a local model directory in safety_model_dir), or none. If it cannot load, the "
@@ -117,6 +153,11 @@ class Settings(BaseSettings):
         description="Honour enable_safety_checker=false from requests (fal does so only for "
         "authorised accounts).",
     )
+
+
+class HttpSettings(_Group):
+    """The HTTP server (``serve`` and ``api``): where it listens, who may call it."""
+
     host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the HTTP server binds.")
     ssl_certfile: Path | None = Field(
@@ -127,41 +168,6 @@ class Settings(BaseSettings):
         default=None,
         description="Base URL clients reach this server at, used in response_url, status_url "
         "and file URLs. Default: taken from each request (its scheme and Host header).",
-    )
-    files_dir: Path | None = Field(
-        default=None, description="Where output images are stored (default: cache_dir/files)."
-    )
-    result_ttl_seconds: float = Field(
-        default=3600.0, gt=0, description="How long results and their files are kept (fal: 1 h)."
-    )
-    max_queue_length: int = Field(
-        default=1000, ge=1, description="Requests waiting beyond this are answered 429."
-    )
-    max_batch_images: int = Field(
-        default=4, ge=1, description="Most output images one engine call produces."
-    )
-    batch_window_ms: float = Field(
-        default=10.0,
-        ge=0,
-        description="How long a batch waits for compatible jobs to join while the GPU is idle "
-        "(while it is busy, jobs join until it is free, up to max_batch_images).",
-    )
-    redis_url: str | None = Field(
-        default=None,
-        description="Redis server shared by API nodes and workers (redis://host:6379/0); "
-        "unset = everything in this process.",
-    )
-    lease_seconds: float = Field(
-        default=30.0,
-        gt=0,
-        description="A running job whose worker stops renewing it for this "
-        "long is given to another worker (Redis).",
-    )
-    max_deliveries: int = Field(
-        default=3,
-        ge=1,
-        description="Times a job may lose its worker (lease lapsed) before it is failed "
-        "instead of retried (dead letter).",
     )
     api_keys: str = Field(
         default="",
@@ -180,6 +186,69 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest request body (data URIs included); larger ones get 413.",
     )
+
+
+class QueueSettings(_Group):
+    """The job queue: in this process, or on a Redis server shared by API nodes and workers."""
+
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis server shared by API nodes and workers (redis://host:6379/0); "
+        "unset = everything in this process.",
+    )
+    max_queue_length: int = Field(
+        default=1000, ge=1, description="Requests waiting beyond this are answered 429."
+    )
+    result_ttl_seconds: float = Field(
+        default=3600.0, gt=0, description="How long results and their files are kept (fal: 1 h)."
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="A running job whose worker stops renewing it for this "
+        "long is given to another worker (Redis).",
+    )
+    max_deliveries: int = Field(
+        default=3,
+        ge=1,
+        description="Times a job may lose its worker (lease lapsed) before it is failed "
+        "instead of retried (dead letter).",
+    )
+
+
+class StorageSettings(_Group):
+    """Where files live: output images (local disk, or Redis with a queue on Redis) and caches."""
+
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description="Where the tiny checkpoint and other caches live.",
+    )
+    files_dir: Path | None = Field(
+        default=None, description="Where output images are stored (default: cache_dir/files)."
+    )
+
+    @property
+    def files_root(self) -> Path:
+        return self.files_dir if self.files_dir is not None else self.cache_dir / "files"
+
+
+class BatchingSettings(_Group):
+    """How the worker groups jobs into engine calls."""
+
+    max_batch_images: int = Field(
+        default=4, ge=1, description="Most output images one engine call produces."
+    )
+    batch_window_ms: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long a batch waits for compatible jobs to join while the GPU is idle "
+        "(while it is busy, jobs join until it is free, up to max_batch_images).",
+    )
+
+
+class FetchSettings(_Group):
+    """Downloads of reference images (the SSRF guard and its limits)."""
+
     fetch_allow: str = Field(
         default="",
         description="Comma-separated host names and networks (CIDR) image_urls may be fetched "
@@ -192,14 +261,27 @@ class Settings(BaseSettings):
     fetch_timeout_seconds: float = Field(
         default=30.0, gt=0, description="Read timeout of one image download."
     )
+
+
+class WebhookSettings(_Group):
+    """Delivery of ``fal_webhook`` callbacks."""
+
     webhook_attempts: int = Field(default=6, ge=1, description="Deliveries tried per webhook.")
     webhook_backoff_seconds: float = Field(
         default=2.0, ge=0, description="First retry delay of a webhook; doubles each attempt."
     )
+
+
+class ObservabilitySettings(_Group):
+    """Logs and metrics."""
+
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="Log lines as readable text, or one JSON object per line (ts, level, logger, "
         "message, request_id and extra fields) for log collectors.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Logging level."
     )
     metrics_port: int | None = Field(
         default=None,
@@ -208,29 +290,63 @@ class Settings(BaseSettings):
         description="flux2-edit worker: serve Prometheus /metrics on this port (bound to host); "
         "unset = none. serve and api answer /metrics on their own port.",
     )
-    log_level: Literal["debug", "info", "warning", "error"] = Field(
-        default="info", description="Logging level."
-    )
 
-    @property
-    def files_root(self) -> Path:
-        return self.files_dir if self.files_dir is not None else self.cache_dir / "files"
+
+class Settings(BaseModel):
+    """flux2-edit's configuration: every group, each read from ``FLUX2_*`` variables."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    GROUPS: ClassVar[dict[str, type[_Group]]] = {}
+
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+
+    def __init__(self, **options: Any) -> None:
+        """Groups by name, or options of any group by field name (see the module docstring)."""
+        super().__init__(**options)
 
     @model_validator(mode="before")
     @classmethod
-    def _empty_means_unset(cls, data: Any) -> Any:
-        """``FLUX2_REDIS_URL=`` (as compose files write an unset variable) means "not set" for
-        the settings that can be unset; other settings keep the empty string."""
-        if isinstance(data, dict):
-            optional = {name for name, f in cls.model_fields.items() if f.default is None}
-            return {k: None if v == "" and k in optional else v for k, v in data.items()}
+    def _route_fields(cls, data: Any) -> Any:
+        """Each field given by name goes to its group, which reads the environment for the
+        rest (keyword arguments win). Unknown names are left for pydantic to refuse."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name, group in cls.GROUPS.items():
+            given = data.pop(name, None)
+            fields = {key: data.pop(key) for key in list(data) if key in group.model_fields}
+            if isinstance(given, group) and not fields:
+                data[name] = given
+                continue
+            if isinstance(given, BaseModel):
+                given = given.model_dump(exclude_unset=True)
+            data[name] = group(**{**(given or {}), **fields})
         return data
 
-    @field_validator("schedule")
+    def option(self, name: str) -> Any:
+        """The value of the option ``name`` (a field name of any group)."""
+        for group in self.GROUPS:
+            values = getattr(self, group)
+            if name in type(values).model_fields:
+                return getattr(values, name)
+        raise KeyError(name)
+
     @classmethod
-    def _known_schedule(cls, value: str) -> str:
-        try:
-            parse_schedule(value)
-        except ConfigError as exc:
-            raise ValueError(exc.message) from exc
-        return value
+    def option_names(cls) -> list[str]:
+        """Every option's field name (its variable is ``FLUX2_`` + the name upper-cased)."""
+        return [name for group in cls.GROUPS.values() for name in group.model_fields]
+
+
+Settings.GROUPS = {
+    name: field.annotation  # type: ignore[misc]
+    for name, field in Settings.model_fields.items()
+}

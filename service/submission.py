@@ -15,8 +15,9 @@ from pydantic import ValidationError
 
 from core.errors import InvalidRequest
 from service.auth import ApiKeys
+from service.endpoints import DEFAULT_ENDPOINT, Endpoint, EndpointInput
 from service.jobs import Job, JobStatus, JobView, Outcome, Priority
-from service.schema import APP_ID, Flux2FlashEditInput
+from service.schema import APP_ID
 from service.settings import Settings
 
 
@@ -34,9 +35,10 @@ class JobUrls:
 
 def base_url(request: Request, settings: Settings) -> str:
     """Where clients reach us: the configured public URL, else this request's origin."""
-    if settings.public_url:
-        return settings.public_url.rstrip("/")
-    host = request.headers.get("host") or f"{settings.host}:{settings.port}"
+    http = settings.http
+    if http.public_url:
+        return http.public_url.rstrip("/")
+    host = request.headers.get("host") or f"{http.host}:{http.port}"
     return f"{request.url.scheme}://{host}"
 
 
@@ -75,17 +77,20 @@ def require_key(request: Request) -> None:
     caller(request)
 
 
-def visible_view(request: Request, request_id: str) -> JobView | None:
+async def visible_view(request: Request, request_id: str) -> JobView | None:
     """The job, if it exists and belongs to the caller; None (answered 404) otherwise."""
     who = caller(request)
-    view: JobView | None = request.app.state.flux2.queue.view(request_id)
+    view: JobView | None = await request.app.state.flux2.jobs.view(request_id)
     if view is None or view.owner != who:
         return None
     return view
 
 
-def new_job(request: Request, settings: Settings, body: Any) -> tuple[Job, Any]:
-    """A job for ``body`` and the validation error list (None when the input is valid)."""
+def new_job(
+    request: Request, settings: Settings, body: Any, endpoint: Endpoint = DEFAULT_ENDPOINT
+) -> tuple[Job, Any]:
+    """A job for ``body`` (parsed into ``endpoint``'s input model) and the validation error
+    list (None when the input is valid; the job's ``input`` is None then)."""
     priority_header = request.headers.get("x-fal-queue-priority", "normal").lower()
     try:
         priority = Priority(priority_header)
@@ -107,16 +112,15 @@ def new_job(request: Request, settings: Settings, body: Any) -> tuple[Job, Any]:
                 input=timeout_header,
             ) from None
     errors = None
-    data: dict[str, Any] = body if isinstance(body, dict) else {}
-    try:
-        data = Flux2FlashEditInput.model_validate(body, from_attributes=True).model_dump(
-            mode="json"
-        )
+    parsed: EndpointInput | None = None
+    try:  # the one validation of the input: the job carries the typed value from here on
+        parsed = endpoint.input_model.model_validate(body, from_attributes=True)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
     job = Job(
         id=str(uuid.uuid4()),
-        input=data,
+        input=parsed,
+        endpoint=endpoint.id,
         base_url=base_url(request, settings),
         webhook_url=request.query_params.get("fal_webhook") or None,
         priority=priority,

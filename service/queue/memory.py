@@ -17,13 +17,7 @@ from service.jobs import (
     Priority,
     Reaped,
 )
-
-CANCELLED = Outcome(
-    status_code=499,
-    body={"detail": "Request was cancelled", "error_type": "client_cancelled"},
-    error="Request was cancelled",
-    error_type="client_cancelled",
-)
+from service.outcomes import CANCELLED
 
 
 class InMemoryJobQueue:

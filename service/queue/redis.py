@@ -32,6 +32,7 @@ keys from ids, which suits a single Redis (with replicas / Sentinel), not Redis 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 import uuid
@@ -43,7 +44,7 @@ import redis
 from redis.commands.core import Script
 from redis.typing import KeyT, StreamIdT
 
-from core.errors import QueueFull, StorageError
+from core.errors import QueueFull, StorageError, UnreadableJob
 from service.jobs import (
     CancelOutcome,
     CancelResult,
@@ -55,7 +56,9 @@ from service.jobs import (
     Priority,
     Reaped,
 )
-from service.queue.memory import CANCELLED
+from service.outcomes import CANCELLED, failure, lost_worker
+
+logger = logging.getLogger(__name__)
 
 GROUP = "workers"
 DEAD_LETTER_MAXLEN = 10_000
@@ -422,15 +425,17 @@ class RedisJobQueue:
         found = self._run("view", job_id)
         if not found:
             return None
-        fields, logs, position = found
-        job = _job(fields, logs)
+        flat, logs, position = found
+        fields = _hash(flat)
+        status = JobStatus(fields["status"])
+        outcome = fields.get("outcome")
         return JobView(
-            job.id,
-            job.status,
-            int(position) if job.status is JobStatus.IN_QUEUE and position >= 0 else None,
-            tuple(job.logs),
-            job.outcome,
-            owner=job.owner,
+            job_id,
+            status,
+            int(position) if status is JobStatus.IN_QUEUE and position >= 0 else None,
+            tuple(LogEntry.from_json(json.loads(line)) for line in logs),
+            Outcome.from_json(json.loads(outcome)) if outcome else None,
+            owner=_owner(fields),
         )
 
     def claim(self, max_jobs: int, timeout: float) -> list[Job]:
@@ -441,8 +446,9 @@ class RedisJobQueue:
             claimed, last = self._run(
                 "claim", self.consumer, max_jobs, repr(time.time()), self._lease_ms
             )
-            if claimed:
-                return [_job(fields, logs) for _, fields, logs in claimed]
+            jobs = [job for _, fields, logs in claimed if (job := self._claimed(fields, logs))]
+            if jobs:
+                return jobs
             left = deadline - time.monotonic()
             if left <= 0 or self._closed.is_set():
                 return []
@@ -476,16 +482,8 @@ class RedisJobQueue:
         return [_job(fields, logs) for _, fields, logs in cancelled]
 
     def reap(self) -> Reaped:
-        detail = (
-            f"The worker running this request stopped responding {self.max_deliveries} "
-            "times; it was not retried again"
-        )
-        outcome = Outcome(
-            status_code=500,
-            body={"detail": detail, "error_type": "runner_disconnected"},
-            error=detail,
-            error_type="runner_disconnected",
-        )
+        outcome = lost_worker(self.max_deliveries)
+        detail = outcome.error or ""
         requeued, dead = self._run(
             "reap",
             int(self.lease_seconds * 1000),
@@ -585,6 +583,20 @@ class RedisJobQueue:
                 self._create_groups()
                 return call(keys=self._keys, args=argv)
 
+    def _claimed(self, flat: Sequence[str], logs: Sequence[str]) -> Job | None:
+        """A claimed record as a job; one that cannot be read at all (not even its envelope)
+        is completed as failed here, since no worker can run it or trust its webhook URL.
+        (A record whose *input* alone is unreadable comes back with ``input_error`` set: the
+        worker fails it through the usual path, webhook included.)"""
+        try:
+            return _job(flat, logs)
+        except (KeyError, TypeError, ValueError) as exc:
+            job_id = _hash(flat).get("id", "?")
+            logger.error("job %s: unreadable record, failed: %s", job_id, exc)
+            failed = failure(UnreadableJob(f"the job record could not be read: {exc}"))
+            self.complete(job_id, failed)
+            return None
+
     def _create_groups(self) -> None:
         for stream in self.streams:
             try:
@@ -621,9 +633,23 @@ def _fields(job: Job) -> list[str]:
     return [item for pair in values.items() for item in pair]
 
 
+def _hash(flat: Sequence[str]) -> dict[str, str]:
+    """HGETALL's flat list as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _owner(fields: dict[str, str]) -> str | None:
+    """The owner recorded in a hash's job JSON, without parsing the rest of the job."""
+    try:
+        owner = json.loads(fields.get("job") or "{}").get("owner")
+    except (ValueError, AttributeError):
+        return None
+    return owner if isinstance(owner, str) else None
+
+
 def _job(flat: Sequence[str], logs: Sequence[str]) -> Job:
     """A Job from a hash (HGETALL's flat list) and its log list."""
-    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    fields = _hash(flat)
     data: dict[str, Any] = json.loads(fields["job"])
     data.update(
         status=fields["status"],

@@ -13,9 +13,9 @@ router = APIRouter(tags=["files"], dependencies=[Depends(require_key)])
 
 @router.get("/files/{owner}/{name}", operation_id="file", summary="An output image")
 async def get_file(request: Request, owner: str, name: str) -> Response:
-    if visible_view(request, owner) is None:  # the folder is the job id: its key decides
+    if await visible_view(request, owner) is None:  # the folder is the job id: its key decides
         raise NotFound(f"File {owner}/{name} not found")
-    artifact = request.app.state.flux2.store.open(f"{owner}/{name}")  # NotFound → 404
+    artifact = await request.app.state.flux2.jobs.open_file(f"{owner}/{name}")  # NotFound: 404
     return Response(
         artifact.data,
         media_type=artifact.content_type,

@@ -5,8 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.worker import WorkerState
-
 router = APIRouter(tags=["health"])
 
 
@@ -20,7 +18,7 @@ async def ready(request: Request) -> JSONResponse:
     worker = request.app.state.flux2.worker
     if worker is None:  # an API node: the workers are elsewhere
         return JSONResponse({"status": "ready", "worker": None})
-    ok = worker.state in (WorkerState.READY, WorkerState.BUSY)
+    ok = worker.state.serving
     body = {"status": "ready" if ok else "not_ready", "worker": worker.state.value}
     if worker.error:
         body["error"] = worker.error

@@ -7,7 +7,6 @@ form ``/queue/fal-ai/flux-2/requests/{id}…`` and the sub-path form
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -16,9 +15,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from service.fal_errors import validation_outcome
-from service.jobs import CancelOutcome, JobStatus
-from service.schema import APP_ID, ENDPOINT_ID, INPUT_BODY_SCHEMA, Flux2FlashEditOutput
+from service.endpoints import DEFAULT_ENDPOINT
+from service.jobs import CancelOutcome, JobStatus, JobView
+from service.outcomes import invalid_input
+from service.schema import INPUT_BODY_SCHEMA
 from service.submission import (
     JobUrls,
     base_url,
@@ -35,6 +35,8 @@ router = APIRouter(prefix="/queue", tags=["queue"], dependencies=[Depends(requir
 
 STREAM_POLL_SECONDS = 0.1
 STREAM_PING_SECONDS = 15.0
+#: How long the stream waits for a change before it looks whether the client is still there.
+STREAM_DISCONNECT_CHECK_SECONDS = 1.0
 
 
 def _state(request: Request) -> Any:
@@ -42,7 +44,7 @@ def _state(request: Request) -> Any:
 
 
 @router.post(
-    f"/{ENDPOINT_ID}",
+    f"/{DEFAULT_ENDPOINT.id}",
     openapi_extra=INPUT_BODY_SCHEMA,
     operation_id="submit",
     summary="Submit an edit to the queue",
@@ -51,13 +53,13 @@ async def submit(request: Request) -> JSONResponse:
     state = _state(request)
     job, errors = new_job(request, state.settings, await read_json_body(request))
     if errors:
-        outcome = validation_outcome(errors)
-        state.queue.finish_now(job, outcome)
+        outcome = invalid_input(errors)
+        await state.jobs.finish_now(job, outcome)
         if job.webhook_url and state.webhooks is not None:
             state.webhooks.send(job.webhook_url, job.id, outcome)
     else:
-        state.queue.submit(job)
-    view = state.queue.view(job.id)
+        await state.jobs.submit(job)
+    view = await state.jobs.view(job.id)
     urls = JobUrls.of(job.base_url, job.id)
     body = {
         "status": view.status.value if view else JobStatus.COMPLETED.value,
@@ -81,7 +83,7 @@ def _not_found(request_id: str) -> JSONResponse:
 
 async def status(request: Request, request_id: str, logs: str | None = None) -> JSONResponse:
     state = _state(request)
-    view = visible_view(request, request_id)
+    view = await visible_view(request, request_id)
     if view is None:
         return _not_found(request_id)
     body = status_body(view, base_url(request, state.settings), with_logs=logs_wanted(logs))
@@ -90,9 +92,10 @@ async def status(request: Request, request_id: str, logs: str | None = None) -> 
 
 
 async def status_stream(request: Request, request_id: str, logs: str | None = None) -> Response:
-    if visible_view(request, request_id) is None:
+    view = await visible_view(request, request_id)
+    if view is None:
         return _not_found(request_id)
-    events = _status_events(request, request_id, logs_wanted(logs))
+    events = _status_events(request, view, logs_wanted(logs))
     return StreamingResponse(
         events,
         media_type="text/event-stream",
@@ -101,7 +104,7 @@ async def status_stream(request: Request, request_id: str, logs: str | None = No
 
 
 async def result(request: Request, request_id: str) -> JSONResponse:
-    view = visible_view(request, request_id)
+    view = await visible_view(request, request_id)
     if view is None:
         return _not_found(request_id)
     if view.status is not JobStatus.COMPLETED or view.outcome is None:
@@ -114,10 +117,10 @@ async def result(request: Request, request_id: str) -> JSONResponse:
 
 
 async def cancel(request: Request, request_id: str) -> JSONResponse:
-    if visible_view(request, request_id) is None:
+    if await visible_view(request, request_id) is None:
         return _not_found(request_id)
     state = _state(request)
-    result = state.queue.cancel(request_id)
+    result = await state.jobs.cancel(request_id)
     done = result.completed  # it was queued: no worker will send its webhook
     if done is not None and done.webhook_url and done.outcome and state.webhooks is not None:
         state.webhooks.send(done.webhook_url, done.id, done.outcome)
@@ -133,22 +136,20 @@ async def cancel(request: Request, request_id: str) -> JSONResponse:
     )
 
 
-async def _status_events(request: Request, request_id: str, with_logs: bool) -> AsyncIterator[str]:
+async def _status_events(request: Request, first: JobView, with_logs: bool) -> AsyncIterator[str]:
     """One event per change; each carries only new log lines; closes after COMPLETED."""
     state = _state(request)
     base = base_url(request, state.settings)
     sent_logs = 0
-    last: tuple[Any, ...] | None = None
+    sent: tuple[Any, ...] | None = None
     last_send = time.monotonic()
-    while True:
-        view = state.queue.view(request_id)
-        if view is None:
-            return
+    view: JobView | None = first
+    while view is not None:
         key = (view.status, view.queue_position, len(view.logs) if with_logs else 0)
-        if key != last:
+        if key != sent:
             body = status_body(view, base, with_logs=with_logs, logs_from=sent_logs)
             sent_logs = len(view.logs)
-            last = key
+            sent = key
             last_send = time.monotonic()
             yield f"data: {json.dumps(body)}\n\n"
             if view.status is JobStatus.COMPLETED:
@@ -158,10 +159,12 @@ async def _status_events(request: Request, request_id: str, with_logs: bool) -> 
             yield ": ping\n\n"
         if await request.is_disconnected():
             return
-        await asyncio.sleep(STREAM_POLL_SECONDS)
+        view = await state.jobs.next_change(
+            view.id, view, timeout=STREAM_DISCONNECT_CHECK_SECONDS, poll=STREAM_POLL_SECONDS
+        )
 
 
-for _prefix, _suffix in ((APP_ID, ""), (ENDPOINT_ID, "_subpath")):
+for _prefix, _suffix in ((DEFAULT_ENDPOINT.app_id, ""), (DEFAULT_ENDPOINT.id, "_subpath")):
     _base = f"/{_prefix}/requests/{{request_id}}"
     router.add_api_route(
         f"{_base}/status",
@@ -183,7 +186,7 @@ for _prefix, _suffix in ((APP_ID, ""), (ENDPOINT_ID, "_subpath")):
         methods=["GET"],
         operation_id=f"result{_suffix}",
         summary="Queue result: the model's output, or its error",
-        responses={200: {"model": Flux2FlashEditOutput}},
+        responses={200: {"model": DEFAULT_ENDPOINT.output_model}},
     )
     router.add_api_route(
         f"{_base}/cancel",

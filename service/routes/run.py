@@ -6,13 +6,12 @@ client that disconnects cancels it.
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from service.endpoints import DEFAULT_ENDPOINT
 from service.jobs import JobStatus
-from service.schema import ENDPOINT_ID, INPUT_BODY_SCHEMA, Flux2FlashEditOutput
+from service.schema import INPUT_BODY_SCHEMA
 from service.submission import (
     body_errors,
     new_job,
@@ -22,15 +21,17 @@ from service.submission import (
 )
 
 router = APIRouter(tags=["run"], dependencies=[Depends(require_key)])
+#: How often the job is looked at while waiting, and how often the client's connection.
 POLL_SECONDS = 0.02
+DISCONNECT_CHECK_SECONDS = 0.5
 
 
 @router.post(
-    f"/{ENDPOINT_ID}",
+    f"/{DEFAULT_ENDPOINT.id}",
     operation_id="run",
     summary="Edit images and wait for the result",
     openapi_extra=INPUT_BODY_SCHEMA,
-    responses={200: {"model": Flux2FlashEditOutput}},
+    responses={200: {"model": DEFAULT_ENDPOINT.output_model}},
 )
 async def run(request: Request) -> JSONResponse:
     # The body is validated by hand, after the API key (a typed parameter would come first).
@@ -39,16 +40,16 @@ async def run(request: Request) -> JSONResponse:
     if errors:
         raise body_errors(errors)
     job.webhook_url = None  # sync runs answer on the connection
-    state.queue.submit(job)
-    polls = 0
+    await state.jobs.submit(job)
+    view = None
     while True:
-        view = state.queue.view(job.id)
+        view = await state.jobs.next_change(
+            job.id, view, timeout=DISCONNECT_CHECK_SECONDS, poll=POLL_SECONDS
+        )
         if view is None:  # expired while we waited: cannot happen with a sane TTL
             return JSONResponse({"detail": "Result expired"}, status_code=500)
         if view.status is JobStatus.COMPLETED and view.outcome is not None:
             return outcome_response(view.outcome, job.id)
-        polls += 1
-        if polls % 25 == 0 and await request.is_disconnected():
-            state.queue.cancel(job.id)
+        if await request.is_disconnected():
+            await state.jobs.cancel(job.id)
             return JSONResponse({"detail": "Client disconnected"}, status_code=499)
-        await asyncio.sleep(POLL_SECONDS)

@@ -17,6 +17,7 @@ import redis
 from core.errors import QueueFull, StorageError
 from service.jobs import CancelOutcome, Job, JobStatus, LogEntry, Outcome, Priority, Reaped
 from service.queue.base import JobQueue
+from tests.helpers.jobs import edit_input, make_job
 
 QueueFactory = Callable[..., JobQueue]  # the ``queue_factory`` fixture
 RedisQueues = Callable[..., Any]  # the ``redis_queues`` fixture
@@ -26,8 +27,8 @@ FAILED = Outcome(status_code=500, body={"detail": "boom"}, error="boom", error_t
 
 
 def job(job_id: str, priority: str = "normal", **fields: Any) -> Job:
-    return Job(
-        id=job_id,
+    return make_job(
+        job_id,
         input={"prompt": f"edit {job_id}"},
         base_url="http://api.test",
         priority=Priority(priority),
@@ -322,8 +323,8 @@ def test_results_expire_after_result_ttl(queue_factory: QueueFactory) -> None:
 def test_a_job_survives_the_round_trip_through_the_queue(queue: JobQueue) -> None:
     original = Job(
         id="round-trip",
-        input={"prompt": "a cat", "image_urls": ["https://x.test/a.png"], "num_images": 2,
-               "image_size": {"width": 512, "height": 768}, "seed": None, "unicode": "é✓"},
+        input=edit_input(prompt="a cat é✓", image_urls=["https://x.test/a.png"], num_images=2,
+                         image_size={"width": 512, "height": 768}, seed=None),
         base_url="https://api.test/prefix",
         webhook_url="https://hooks.test/h?x=1",
         priority=Priority.LOW,

@@ -6,18 +6,15 @@ import io
 import os
 import shutil
 import subprocess
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-import pytest
 from PIL import Image, ImageDraw
 
 from benchmarks.common import flux2_edit_command, free_port, wait_until_ready
+from tests.helpers.services import fake_components, serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -85,51 +82,17 @@ def running_fake_server(
     For what the tiny model cannot show cheaply: API keys, slow steps (live progress, cancel)
     and flagged images.
     """
-    import uvicorn
-
     from pipelines.fake import FakeEngine
     from pipelines.safety import AlwaysFlagChecker, NeverFlagChecker
-    from service.app import create_app
-    from service.queue.memory import InMemoryJobQueue
-    from service.settings import Settings
-    from service.storage.local import LocalArtifactStore
-    from service.worker import Worker, WorkerOptions
 
-    settings = Settings(cache_dir=root, files_dir=root / "files", api_keys=api_keys)
-    queue = InMemoryJobQueue()
-    store = LocalArtifactStore(settings.files_root)
-    checker = AlwaysFlagChecker if flag_everything else NeverFlagChecker
-    worker = Worker(
-        lambda: FakeEngine(num_steps=8, step_seconds=step_seconds),
-        queue,
-        store,
-        options=WorkerOptions(warmup=False, claim_timeout=0.05, batch_window=0.01),
-        safety_factory=checker,
+    parts = fake_components(
+        root,
+        engine=lambda: FakeEngine(num_steps=8, step_seconds=step_seconds),
+        safety=AlwaysFlagChecker if flag_everything else NeverFlagChecker,
+        api_keys=api_keys,
     )
-    app = create_app(settings, queue=queue, store=store, worker=worker)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 30
-        origin = f"http://127.0.0.1:{port}"
-        with httpx.Client(timeout=5) as client:
-            while True:
-                try:
-                    if server.started and client.get(f"{origin}/ready").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if not thread.is_alive() or time.monotonic() > deadline:
-                    pytest.fail("in-process server did not start")
-                time.sleep(0.05)
+    with serving(parts) as origin:
         yield Server(origin=origin)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
 
 
 def reference_png(path: Path, size: tuple[int, int] = (160, 120)) -> Path:

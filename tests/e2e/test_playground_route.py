@@ -30,7 +30,7 @@ def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TestClien
     """An API node (no worker), with and without API keys: the page is public either way."""
     settings = Settings(cache_dir=tmp_path, files_dir=tmp_path / "files", api_keys=request.param)
     app = create_app(
-        settings, queue=InMemoryJobQueue(), store=LocalArtifactStore(settings.files_root)
+        settings, queue=InMemoryJobQueue(), store=LocalArtifactStore(settings.storage.files_root)
     )
     with TestClient(app) as test_client:
         yield test_client

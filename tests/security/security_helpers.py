@@ -19,14 +19,15 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from pipelines.fake import FakeEngine
-from service.app import create_app
+from service.bootstrap import build_app
 from service.inputs import FetchPolicy
 from service.jobs import JobStatus
 from service.queue.memory import InMemoryJobQueue
 from service.schema import APP_ID, ENDPOINT_ID
 from service.settings import Settings
 from service.storage.local import LocalArtifactStore
-from service.worker import Worker, WorkerOptions
+from service.worker import Worker
+from tests.helpers.services import fake_components
 
 RUN_PATH = f"/{ENDPOINT_ID}"
 SUBMIT_PATH = f"/queue/{ENDPOINT_ID}"
@@ -201,20 +202,19 @@ def make_service(
     engine: Callable[[], FakeEngine] = FakeEngine,
     **settings: Any,
 ) -> tuple[Service, Settings]:
-    config = Settings(cache_dir=root / "cache", files_dir=root / "files", **settings)
     queue = InMemoryJobQueue()
-    store = LocalArtifactStore(config.files_root)
-    worker = Worker(
-        engine,
-        queue,
-        store,
-        options=WorkerOptions(warmup=False, claim_timeout=0.05, fetch_policy=fetch_policy),
+    parts = fake_components(
+        root, engine=engine, queue=queue, options={"fetch_policy": fetch_policy}, **settings
     )
-    app = create_app(config, queue=queue, store=store, worker=worker)
+    assert parts.worker is not None
     service = Service(
-        client=TestClient(app), queue=queue, store=store, worker=worker, files=config.files_root
+        client=TestClient(build_app(parts)),
+        queue=queue,
+        store=parts.store,  # type: ignore[arg-type]
+        worker=parts.worker,
+        files=parts.settings.storage.files_root,
     )
-    return service, config
+    return service, parts.settings
 
 
 def wait_completed(queue: InMemoryJobQueue, job_id: str, timeout: float = 20.0) -> Any:

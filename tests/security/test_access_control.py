@@ -288,6 +288,7 @@ def serve_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Cal
     """``serve`` with uvicorn, the worker and the engine replaced by recorders; a clean env."""
     import uvicorn
 
+    import service.bootstrap
     import service.engines
 
     for name in list(os.environ):
@@ -299,15 +300,19 @@ def serve_calls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Cal
     def fake_run(app: Any, **kwargs: Any) -> None:
         calls.uvicorn.append(kwargs)
 
-    def fake_worker(*args: Any, **kwargs: Any) -> None:
+    def fake_build(*args: Any, **kwargs: Any) -> None:
         calls.workers.append(args)
+
+    def fake_build_app(components: Any) -> object:
+        return object()
 
     def fake_engine(*args: Any, **kwargs: Any) -> None:
         calls.engines.append(args)
         raise AssertionError("no engine may be created")
 
     monkeypatch.setattr(uvicorn, "run", fake_run)
-    monkeypatch.setattr(cli, "_make_worker", fake_worker)
+    monkeypatch.setattr(service.bootstrap, "build", fake_build)
+    monkeypatch.setattr(service.bootstrap, "build_app", fake_build_app)
     monkeypatch.setattr(service.engines, "create_engine", fake_engine)
     root = logging.getLogger()
     level = root.level

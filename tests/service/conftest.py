@@ -13,13 +13,11 @@ from service_helpers import EngineGate, MakeService, Service
 from starlette.testclient import TestClient
 
 from pipelines.protocol import EditEngine
-from service.app import create_app
+from service.bootstrap import build_app
 from service.inputs import FetchPolicy
 from service.queue.memory import InMemoryJobQueue
-from service.settings import Settings
-from service.storage.local import LocalArtifactStore
 from service.webhooks import WebhookSender
-from service.worker import Worker, WorkerOptions
+from tests.helpers.services import fake_components
 
 
 @pytest.fixture
@@ -43,36 +41,39 @@ def make_service(tmp_path: Path) -> Iterator[MakeService]:
         max_queued: int = 1000,
         result_ttl: float = 3600.0,
         max_batch_images: int = 4,
+        batch_window: float = 0.01,
         fetch_policy: FetchPolicy | None = None,
         webhooks: WebhookSender | None = None,
         settings: dict[str, Any] | None = None,
     ) -> Service:
         root = tmp_path / f"service{next(counter)}"
-        config = Settings(cache_dir=root, files_dir=root / "files", **(settings or {}))
         queue = InMemoryJobQueue(max_queued=max_queued, result_ttl=result_ttl)
-        store = LocalArtifactStore(config.files_root)
         gate = None
         if engine_factory is None:
             gate = EngineGate(closed=gated, num_steps=num_steps, step_seconds=step_seconds)
             engine_factory = gate
-        options = WorkerOptions(
-            warmup=False,
-            claim_timeout=0.05,
-            max_batch_images=max_batch_images,
-            batch_window=0.01,
-            fetch_policy=fetch_policy or FetchPolicy(),
+        parts = fake_components(
+            root,
+            engine=engine_factory,
+            queue=queue,
+            options={
+                "max_batch_images": max_batch_images,
+                "batch_window": batch_window,
+                "fetch_policy": fetch_policy or FetchPolicy(),
+            },
+            **({"webhooks": webhooks} if webhooks is not None else {}),
+            **(settings or {}),
         )
-        worker = Worker(engine_factory, queue, store, webhooks=webhooks, options=options)
-        app = create_app(config, queue=queue, store=store, worker=worker, webhooks=webhooks)
-        client = stack.enter_context(TestClient(app))
+        client = stack.enter_context(TestClient(build_app(parts)))
         if gate is not None:
             stack.callback(gate.open)  # runs before the client's shutdown (LIFO)
+        assert parts.worker is not None
         return Service(
             client=client,
             queue=queue,
-            store=store,
-            worker=worker,
-            files=config.files_root,
+            store=parts.store,  # type: ignore[arg-type]
+            worker=parts.worker,
+            files=parts.settings.storage.files_root,
             gate=gate,
         )
 

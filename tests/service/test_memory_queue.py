@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 
 import pytest
 
 from core.errors import QueueFull
 from service.jobs import CancelOutcome, Job, JobStatus, LogEntry, Outcome, Priority
-from service.queue.memory import CANCELLED, InMemoryJobQueue
+from service.outcomes import CANCELLED
+from service.queue.memory import InMemoryJobQueue
+from tests.helpers.jobs import make_job
 
 OK = Outcome(status_code=200, body={"images": []}, inference_time=0.1)
 
 
 def _job(priority: Priority = Priority.NORMAL) -> Job:
-    return Job(id=str(uuid.uuid4()), input={}, base_url="http://test", priority=priority)
+    return make_job(priority=priority)
 
 
 def _positions(queue: InMemoryJobQueue, jobs: list[Job]) -> list[int | None]:

@@ -26,11 +26,13 @@ from service_helpers import (
 from pipelines.fake import FakeEngine
 from pipelines.prompt_cache import CacheStats
 from pipelines.safety import AlwaysFlagChecker
-from service.jobs import Job, JobStatus
-from service.metrics import CONTENT_TYPE_LATEST, OTHER_ROUTE, Metrics
+from service.jobs import JobStatus
+from service.metrics import CONTENT_TYPE_LATEST, Metrics
+from service.middleware import OTHER_ROUTE
 from service.queue.memory import InMemoryJobQueue
 from service.storage.local import LocalArtifactStore
 from service.worker import Worker, WorkerOptions, WorkerState
+from tests.helpers.jobs import make_job
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -151,7 +153,7 @@ def test_queue_depth_is_read_at_scrape_time() -> None:
     metrics.bind(queue=queue)
     assert value(parse(metrics.render().decode()), "flux2_queue_depth") == 0.0
     for n in range(3):
-        queue.submit(Job(id=f"job-{n}", input={}, base_url="http://test"))
+        queue.submit(make_job(f"job-{n}"))
     assert value(parse(metrics.render().decode()), "flux2_queue_depth") == 3.0
 
 
@@ -166,8 +168,7 @@ def test_queue_depth_is_left_out_when_reading_it_fails() -> None:
 
 def test_prompt_cache_counters_come_from_the_engine() -> None:
     stats = CacheStats(hits=5, misses=2, entries=2, bytes=4096, max_bytes=1 << 20)
-    engine = SimpleNamespace(prompt_cache=SimpleNamespace(stats=stats))
-    worker: Any = SimpleNamespace(state=WorkerState.BUSY, engine=engine)
+    worker: Any = SimpleNamespace(state=WorkerState.BUSY, prompt_cache_stats=lambda: stats)
     metrics = Metrics(process_collectors=False)
     metrics.bind(worker=worker)
     samples = parse(metrics.render().decode())
@@ -190,7 +191,7 @@ def test_safety_flags_are_counted(tmp_path: Path, check_inputs: bool, stage: str
         safety_factory=AlwaysFlagChecker,
         metrics=metrics,
     )
-    job = Job(id="flagged", input=edit_body(num_images=2), base_url="http://test")
+    job = make_job("flagged", input={"num_images": 2})
     queue.submit(job)
     worker.start()
     try:
@@ -220,9 +221,8 @@ def test_the_http_layer_never_imports_torch(tmp_path: Path) -> None:
         from service.storage.local import LocalArtifactStore
 
         settings = Settings(cache_dir={str(tmp_path)!r})
-        app = create_app(
-            settings, queue=InMemoryJobQueue(), store=LocalArtifactStore(settings.files_root)
-        )
+        store = LocalArtifactStore(settings.storage.files_root)
+        app = create_app(settings, queue=InMemoryJobQueue(), store=store)
         with TestClient(app) as client:
             response = client.get("/metrics")
         assert response.status_code == 200, response.text
@@ -249,7 +249,7 @@ def _fake_torch(*, available: bool, initialized: bool) -> Any:
 
 
 def test_gpu_memory_only_where_torch_already_runs_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    worker: Any = SimpleNamespace(state=WorkerState.READY, engine=None)
+    worker: Any = SimpleNamespace(state=WorkerState.READY, prompt_cache_stats=lambda: None)
     metrics = Metrics(process_collectors=False)
     metrics.bind(worker=worker)
     monkeypatch.delitem(sys.modules, "torch", raising=False)

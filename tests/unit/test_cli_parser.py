@@ -166,14 +166,14 @@ def test_settings_from_args_maps_model_options(tmp_path: Path) -> None:
         ]
     )
     settings = settings_from_args(args)
-    assert settings.model == "/models/FLUX.2-dev"
-    assert settings.lora_path == tmp_path / "turbo.safetensors"
-    assert settings.lora_scale == 0.75
-    assert settings.schedule == "1.0,0.5,0.1"
-    assert settings.reference_pixels == 262144
-    assert settings.dtype == "float16"
-    assert settings.device == "cuda:1"
-    assert settings.cache_dir == tmp_path / "elsewhere"
+    assert settings.engine.model == "/models/FLUX.2-dev"
+    assert settings.engine.lora_path == tmp_path / "turbo.safetensors"
+    assert settings.engine.lora_scale == 0.75
+    assert settings.engine.schedule == "1.0,0.5,0.1"
+    assert settings.engine.reference_pixels == 262144
+    assert settings.engine.dtype == "float16"
+    assert settings.engine.device == "cuda:1"
+    assert settings.storage.cache_dir == tmp_path / "elsewhere"
 
 
 def test_environment_fills_what_is_not_given(
@@ -187,16 +187,16 @@ def test_environment_fills_what_is_not_given(
         ["edit", "--image", "a.png", "--prompt", "x", "--model", "tiny"]
     )
     settings = settings_from_args(args)
-    assert settings.model == "tiny"  # the option wins
-    assert settings.schedule == "dev-28"
-    assert settings.device == "cpu"
-    assert settings.lora_path == tmp_path / "env.safetensors"
-    assert settings.cache_dir == tmp_path / "cache"
+    assert settings.engine.model == "tiny"  # the option wins
+    assert settings.engine.schedule == "dev-28"
+    assert settings.engine.device == "cpu"
+    assert settings.engine.lora_path == tmp_path / "env.safetensors"
+    assert settings.storage.cache_dir == tmp_path / "cache"
 
 
 def test_settings_from_args_for_a_command_without_model_options() -> None:
     args = build_parser().parse_args(["weights", "verify", "/ckpt"])
-    assert settings_from_args(args).model is None
+    assert settings_from_args(args).engine.model is None
 
 
 # -- main: errors -----------------------------------------------------------------------------
@@ -333,9 +333,8 @@ def test_edit_guidance_defaults_to_the_schedule(
 def test_workers_sharing_redis_prefetch_only_near_the_end_of_a_batch(
     redis_url: str | None, prefetch: int | None
 ) -> None:
-    from service.cli import _make_worker
-    from service.queue.memory import InMemoryJobQueue
+    from service.bootstrap import Role, worker_options
 
     settings = Settings(safety_checker="none", redis_url=redis_url)
-    worker = _make_worker(settings, InMemoryJobQueue(), None, None, alone=redis_url is None)
-    assert worker.options.prefetch_steps == prefetch
+    role = Role.SERVE if redis_url is None else Role.WORKER
+    assert worker_options(settings, role).prefetch_steps == prefetch

@@ -29,7 +29,7 @@ from starlette.testclient import TestClient
 from service.app import create_app
 from service.cli import build_parser
 from service.queue.memory import InMemoryJobQueue
-from service.settings import Settings
+from service.settings import HttpSettings, Settings
 from service.storage.local import LocalArtifactStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +102,7 @@ def image_env(found: list[Instruction]) -> dict[str, str]:
 
 def check_flux2_variables(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """Every FLUX2_* name is a setting, and together they make valid settings."""
-    fields = Settings.model_fields
+    fields = Settings.option_names()
     for key in env:
         if key.startswith("FLUX2_"):
             assert key.removeprefix("FLUX2_").lower() in fields, f"{key} is not a setting"
@@ -209,7 +209,7 @@ def test_image_variables_are_settings(
     env = image_env(dockerfile)
     assert env["FLUX2_HOST"] == "0.0.0.0"
     check_flux2_variables(env, monkeypatch)
-    port = env.get("FLUX2_PORT", str(Settings.model_fields["port"].default))
+    port = env.get("FLUX2_PORT", str(HttpSettings.model_fields["port"].default))
     assert arguments(last(dockerfile, "EXPOSE")) == [port]
 
 
@@ -226,7 +226,7 @@ def test_healthcheck_asks_a_real_route(dockerfile: list[Instruction], tmp_path: 
     assert match, command
     settings = Settings(cache_dir=tmp_path)
     app = create_app(
-        settings, queue=InMemoryJobQueue(), store=LocalArtifactStore(settings.files_root)
+        settings, queue=InMemoryJobQueue(), store=LocalArtifactStore(settings.storage.files_root)
     )
     path = match.group(1)
     assert "get" in app.openapi()["paths"].get(path, {}), f"{path} is not a route of the app"
@@ -239,7 +239,7 @@ def api_server(tmp_path: Path) -> Iterator[int]:
     """An API-node app served by uvicorn on a free loopback port."""
     settings = Settings(cache_dir=tmp_path)
     app = create_app(
-        settings, queue=InMemoryJobQueue(), store=LocalArtifactStore(settings.files_root)
+        settings, queue=InMemoryJobQueue(), store=LocalArtifactStore(settings.storage.files_root)
     )
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
@@ -344,6 +344,6 @@ def test_compose_variables_are_settings(
     for service in compose["services"].values():
         check_flux2_variables(service_env(service), monkeypatch)
     for name in re.findall(r"\bFLUX2_\w+", COMPOSE.read_text()):
-        assert name.removeprefix("FLUX2_").lower() in Settings.model_fields, name
+        assert name.removeprefix("FLUX2_").lower() in Settings.option_names(), name
     lora = compose["services"]["worker"]["environment"].get("FLUX2_LORA_PATH")
     assert lora is None or lora.startswith("/models/")

@@ -16,7 +16,7 @@ CHECKPOINT = Path("/models/flux2-dev")
 
 
 def test_defaults_leave_every_fast_path_off() -> None:
-    config = engine_config(Settings(), CHECKPOINT)
+    config = engine_config(Settings().engine, CHECKPOINT)
     assert config.model_path == CHECKPOINT
     assert config.memory_profile == "auto"
     assert config.attention_backend is None
@@ -42,7 +42,7 @@ def test_each_setting_is_passed_on() -> None:
         quantize="fp8",
         allow_prompt_expansion=False,
     )
-    config = engine_config(settings, CHECKPOINT)
+    config = engine_config(settings.engine, CHECKPOINT)
     assert dataclasses.asdict(config) == dataclasses.asdict(
         Flux2EngineConfig(
             model_path=CHECKPOINT,
@@ -76,7 +76,35 @@ def test_environment_variables_reach_the_engine(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("FLUX2_MEMORY_PROFILE", "model_offload")
     monkeypatch.setenv("FLUX2_ALLOW_PROMPT_EXPANSION", "false")
     monkeypatch.setenv("FLUX2_ATTENTION_BACKEND", "auto")
-    config = engine_config(Settings(), CHECKPOINT)
+    config = engine_config(Settings().engine, CHECKPOINT)
     assert config.memory_profile == "model_offload"
     assert config.allow_prompt_expansion is False
     assert config.attention_backend == "auto"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("device", "gpu"),
+        ("device", "cuda:x"),
+        ("attention_backend", "flash_attn_9"),
+        ("safety_checker", "always"),  # the flag-everything fake is for tests, not deployments
+        ("safety_checker", "nudenet"),
+    ],
+)
+def test_names_are_checked_when_settings_are_read(field: str, value: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        Settings(**{field: value})
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:12"])
+def test_device_names_that_work(device: str) -> None:
+    assert Settings(device=device).engine.device == device
+
+
+def test_attention_backends_are_exactly_those_of_the_installed_diffusers() -> None:
+    from diffusers.models.attention_dispatch import AttentionBackendName
+
+    from pipelines.options import ATTENTION_BACKENDS
+
+    assert set(ATTENTION_BACKENDS) == {"auto"} | {backend.value for backend in AttentionBackendName}

@@ -216,7 +216,7 @@ def test_no_should_cancel_never_cancels() -> None:
     assert len(result.images) == 1
 
 
-def test_validation_error_before_any_step() -> None:
+def test_unusable_reference_fails_before_any_step() -> None:
     engine = FakeEngine()
     events: list[StepEvent] = []
     asked: list[str] = []
@@ -227,11 +227,14 @@ def test_validation_error_before_any_step() -> None:
 
     with pytest.raises(InvalidRequest) as exc_info:
         engine.run(
-            [_request(request_id="ok"), _request(request_id="bad", prompt="  ")],
+            [
+                _request(request_id="ok"),
+                _request(request_id="bad", images=(Image.new("RGB", (900, 100)),)),  # 9:1
+            ],
             on_step=events.append,
             should_cancel=should_cancel,
         )
-    assert exc_info.value.problems[0].loc == ("body", "prompt")
+    assert exc_info.value.problems[0].loc == ("body", "image_urls", 0)
     assert events == []
     assert asked == []
     assert engine.calls == []

@@ -116,7 +116,7 @@ def test_text_format_shows_the_id() -> None:
 def _service(tmp_path: Path) -> tuple[TestClient, InMemoryJobQueue]:
     settings = Settings(cache_dir=tmp_path, files_dir=tmp_path / "files")
     queue = InMemoryJobQueue()
-    store = LocalArtifactStore(settings.files_root)
+    store = LocalArtifactStore(settings.storage.files_root)
     worker = Worker(
         lambda: FakeEngine(num_steps=2),
         queue,
@@ -155,4 +155,6 @@ def test_http_and_worker_lines_carry_the_request_id(tmp_path: Path, stream: io.S
     assert unknown_line["request_id"] == unknown.headers["x-fal-request-id"]  # a fresh one
     assert not [r for r in access if r["route"] == "/health"]
     finished = [r for r in records if r["message"].startswith("job finished")]
-    assert [(r["logger"], r["request_id"]) for r in finished] == [("service.worker", job_id)]
+    assert [(r["logger"], r["request_id"]) for r in finished] == [
+        ("service.worker.finishing", job_id)
+    ]

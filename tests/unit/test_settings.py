@@ -21,17 +21,17 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 def test_defaults(tmp_path: Path) -> None:
     settings = Settings()
-    assert settings.model is None
-    assert settings.cache_dir == tmp_path / "home" / ".cache" / "flux2-edit"
-    assert settings.device == "auto"
-    assert settings.dtype == "auto"
-    assert settings.lora_path is None
-    assert settings.lora_scale == 1.0
-    assert settings.schedule == "turbo"
-    assert settings.reference_pixels == 1024 * 1024
-    assert settings.host == "127.0.0.1"
-    assert settings.port == 8000
-    assert settings.log_level == "info"
+    assert settings.engine.model is None
+    assert settings.storage.cache_dir == tmp_path / "home" / ".cache" / "flux2-edit"
+    assert settings.engine.device == "auto"
+    assert settings.engine.dtype == "auto"
+    assert settings.engine.lora_path is None
+    assert settings.engine.lora_scale == 1.0
+    assert settings.engine.schedule == "turbo"
+    assert settings.engine.reference_pixels == 1024 * 1024
+    assert settings.http.host == "127.0.0.1"
+    assert settings.http.port == 8000
+    assert settings.observability.log_level == "info"
 
 
 def test_environment_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -45,25 +45,25 @@ def test_environment_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.setenv("FLUX2_DTYPE", "bfloat16")
     monkeypatch.setenv("FLUX2_LOG_LEVEL", "debug")
     settings = Settings()
-    assert settings.model == "tiny"
-    assert settings.schedule == "dev-28"
-    assert settings.reference_pixels == 512 * 512
-    assert settings.port == 9123
-    assert settings.cache_dir == tmp_path / "cache"
-    assert settings.lora_path == tmp_path / "turbo.safetensors"
-    assert settings.lora_scale == 0.5
-    assert settings.dtype == "bfloat16"
-    assert settings.log_level == "debug"
+    assert settings.engine.model == "tiny"
+    assert settings.engine.schedule == "dev-28"
+    assert settings.engine.reference_pixels == 512 * 512
+    assert settings.http.port == 9123
+    assert settings.storage.cache_dir == tmp_path / "cache"
+    assert settings.engine.lora_path == tmp_path / "turbo.safetensors"
+    assert settings.engine.lora_scale == 0.5
+    assert settings.engine.dtype == "bfloat16"
+    assert settings.observability.log_level == "debug"
 
 
 def test_environment_names_are_case_insensitive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("flux2_port", "9001")
-    assert Settings().port == 9001
+    assert Settings().http.port == 9001
 
 
 def test_custom_sigmas_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLUX2_SCHEDULE", "1.0,0.5,0.1")
-    assert Settings().schedule == "1.0,0.5,0.1"
+    assert Settings().engine.schedule == "1.0,0.5,0.1"
 
 
 def test_keyword_arguments_win_over_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,9 +71,9 @@ def test_keyword_arguments_win_over_environment(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("FLUX2_PORT", "9123")
     monkeypatch.setenv("FLUX2_SCHEDULE", "dev-50")
     settings = Settings(model="/models/FLUX.2-dev", port=8080)
-    assert settings.model == "/models/FLUX.2-dev"
-    assert settings.port == 8080
-    assert settings.schedule == "dev-50"  # not given: the environment fills it
+    assert settings.engine.model == "/models/FLUX.2-dev"
+    assert settings.http.port == 8080
+    assert settings.engine.schedule == "dev-50"  # not given: the environment fills it
 
 
 @pytest.mark.parametrize("schedule", ["warp", "1.0,2.0", "0.1,0.5"])
@@ -113,8 +113,8 @@ def test_port_out_of_range_from_environment(monkeypatch: pytest.MonkeyPatch) -> 
 def test_reference_pixels_bounds(pixels: int) -> None:
     with pytest.raises(ValidationError):
         Settings(reference_pixels=pixels)
-    assert Settings(reference_pixels=64 * 64).reference_pixels == 64 * 64
-    assert Settings(reference_pixels=2048 * 2048).reference_pixels == 2048 * 2048
+    assert Settings(reference_pixels=64 * 64).engine.reference_pixels == 64 * 64
+    assert Settings(reference_pixels=2048 * 2048).engine.reference_pixels == 2048 * 2048
 
 
 def test_bad_log_level() -> None:
@@ -131,8 +131,8 @@ def test_unknown_keyword_is_rejected() -> None:
 def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValidationError):
-        settings.port = 1
-    assert settings.port == 8000
+        settings.http.port = 1
+    assert settings.http.port == 8000
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,7 @@ def test_an_empty_variable_leaves_an_optional_setting_unset(
 ) -> None:
     """Compose files write unset variables as empty strings (``FLUX2_REDIS_URL=``)."""
     monkeypatch.setenv(f"FLUX2_{name}", "")
-    assert getattr(Settings(), name.lower()) is None
+    assert Settings().option(name.lower()) is None
 
 
 def test_an_empty_variable_keeps_its_meaning_where_empty_is_a_value(
@@ -152,4 +152,4 @@ def test_an_empty_variable_keeps_its_meaning_where_empty_is_a_value(
     monkeypatch.setenv("FLUX2_CORS_ORIGINS", "")  # no browser origins, not the default "*"
     monkeypatch.setenv("FLUX2_API_KEYS", "")
     settings = Settings()
-    assert (settings.cors_origins, settings.api_keys) == ("", "")
+    assert (settings.http.cors_origins, settings.http.api_keys) == ("", "")

@@ -32,9 +32,11 @@ def _request(**overrides: Any) -> EditRequest:
     return EditRequest(**fields)
 
 
-def _problem(request: EditRequest, target_pixels: int = MP) -> FieldProblem:
+def _problem(target_pixels: int = MP, **overrides: Any) -> FieldProblem:
+    """The problem of a request with ``overrides``: found when it is made (its fields) or by
+    ``validate_request`` (its references at ``target_pixels``)."""
     with pytest.raises(InvalidRequest) as exc_info:
-        validate_request(request, target_pixels=target_pixels)
+        validate_request(_request(**overrides), target_pixels=target_pixels)
     assert type(exc_info.value) is InvalidRequest
     assert len(exc_info.value.problems) == 1
     return exc_info.value.problems[0]
@@ -58,7 +60,7 @@ def test_good_request_at_the_limits_passes() -> None:
 
 @pytest.mark.parametrize("prompt", ["", "   ", "\n\t"])
 def test_empty_prompt(prompt: str) -> None:
-    problem = _problem(_request(prompt=prompt))
+    problem = _problem(prompt=prompt)
     assert problem.loc == ("body", "prompt")
     assert problem.type == "string_too_short"
     assert problem.ctx == {"min_length": 1}
@@ -66,14 +68,14 @@ def test_empty_prompt(prompt: str) -> None:
 
 
 def test_no_reference_images() -> None:
-    problem = _problem(_request(images=()))
+    problem = _problem(images=())
     assert problem.loc == ("body", "image_urls")
     assert problem.type == "too_short"
     assert problem.ctx == {"min_length": 1, "max_length": 4}
 
 
 def test_five_reference_images() -> None:
-    problem = _problem(_request(images=tuple(_image() for _ in range(5))))
+    problem = _problem(images=tuple(_image() for _ in range(5)))
     assert problem.loc == ("body", "image_urls")
     assert problem.type == "too_long"
     assert problem.ctx == {"min_length": 1, "max_length": 4}
@@ -81,7 +83,7 @@ def test_five_reference_images() -> None:
 
 
 def test_zero_images() -> None:
-    problem = _problem(_request(num_images=0))
+    problem = _problem(num_images=0)
     assert problem.loc == ("body", "num_images")
     assert problem.type == "greater_than_equal"
     assert problem.ctx == {"ge": 1}
@@ -89,7 +91,7 @@ def test_zero_images() -> None:
 
 
 def test_five_images() -> None:
-    problem = _problem(_request(num_images=5))
+    problem = _problem(num_images=5)
     assert problem.loc == ("body", "num_images")
     assert problem.type == "less_than_equal"
     assert problem.ctx == {"le": 4}
@@ -97,7 +99,7 @@ def test_five_images() -> None:
 
 
 def test_negative_guidance() -> None:
-    problem = _problem(_request(guidance_scale=-1.0))
+    problem = _problem(guidance_scale=-1.0)
     assert problem.loc == ("body", "guidance_scale")
     assert problem.type == "greater_than_equal"
     assert problem.ctx == {"ge": 0}
@@ -105,7 +107,7 @@ def test_negative_guidance() -> None:
 
 
 def test_guidance_above_20() -> None:
-    problem = _problem(_request(guidance_scale=21.0))
+    problem = _problem(guidance_scale=21.0)
     assert problem.loc == ("body", "guidance_scale")
     assert problem.type == "less_than_equal"
     assert problem.ctx == {"le": 20.0}
@@ -113,13 +115,13 @@ def test_guidance_above_20() -> None:
 
 
 def test_nan_guidance_is_rejected() -> None:
-    problem = _problem(_request(guidance_scale=float("nan")))
+    problem = _problem(guidance_scale=float("nan"))
     assert problem.loc == ("body", "guidance_scale")
 
 
 @pytest.mark.parametrize(("field", "size"), [("width", (63, 512)), ("height", (512, 63))])
 def test_output_side_below_64(field: str, size: tuple[int, int]) -> None:
-    problem = _problem(_request(size=ImageSize(*size)))
+    problem = _problem(size=ImageSize(*size))
     assert problem.loc == ("body", "image_size", field)
     assert problem.type == "greater_than_equal"
     assert problem.ctx == {"ge": 64}
@@ -128,7 +130,7 @@ def test_output_side_below_64(field: str, size: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize("seed", [-1, 2**63])
 def test_seed_out_of_range(seed: int) -> None:
-    problem = _problem(_request(seed=seed))
+    problem = _problem(seed=seed)
     assert problem.loc == ("body", "seed")
     assert problem.type == "value_error"
     assert problem.input == seed
@@ -136,20 +138,20 @@ def test_seed_out_of_range(seed: int) -> None:
 
 def test_bad_reference_aspect_names_the_image() -> None:
     images = (_image(), _image(), _image(900, 100))
-    problem = _problem(_request(images=images))
+    problem = _problem(images=images)
     assert problem.loc == ("body", "image_urls", 2)
     assert problem.type == "value_error"
     assert problem.ctx == {"max_aspect_ratio": 8.0}
 
 
 def test_reference_too_small_for_target_pixels() -> None:
-    problem = _problem(_request(images=(_image(800, 100),)), target_pixels=64 * 64)
+    problem = _problem(images=(_image(800, 100),), target_pixels=64 * 64)
     assert problem.loc == ("body", "image_urls", 0)
     assert problem.type == "image_too_small"
 
 
 def test_first_failing_rule_wins() -> None:
-    problem = _problem(_request(prompt="", images=(), num_images=9))
+    problem = _problem(prompt="", images=(), num_images=9)
     assert problem.loc == ("body", "prompt")
 
 

@@ -346,7 +346,8 @@ def test_the_images_of_a_job_come_back_in_order(
     wait_until(all_done(queue, [job]))
     outcome = queue.view(job.id).outcome  # type: ignore[union-attr]
     assert outcome is not None and outcome.ok
-    prompt = job.input["prompt"]
+    assert job.input is not None
+    prompt = job.input.prompt
     for k, file in enumerate(outcome.body["images"]):
         key = file["url"].split("/files/", 1)[1]
         image = Image.open(io.BytesIO(store.open(key).data))

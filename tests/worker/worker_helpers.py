@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from PIL import Image
-
 from service.jobs import Job, JobStatus
 from service.queue.memory import InMemoryJobQueue
+from tests.helpers.images import png_data_uri as data_uri
+from tests.helpers.jobs import make_job
 
-
-def data_uri(
-    width: int = 64, height: int = 64, colour: tuple[int, int, int] = (200, 40, 40)
-) -> str:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def make_job(**fields: Any) -> Job:
-    body = {
-        "prompt": "make it #FF5733",
-        "image_urls": [data_uri()],
-        "image_size": "square",
-        "seed": 1,
-    }
-    body.update(fields.pop("input", {}))
-    return Job(id=str(uuid.uuid4()), input=body, base_url="http://test", **fields)
+__all__ = [
+    "all_done",
+    "data_uri",
+    "make_job",
+    "wait_until",
+    "webhook_receiver",
+]
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
