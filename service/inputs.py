@@ -195,10 +195,51 @@ class FetchPolicy:
         return not is_internal(address)
 
 
+# IPv6 ranges that carry an IPv4 address a gateway may route to (RFC 6052, 8215, 4291).
+NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")
+NAT64_LOCAL_USE = ipaddress.IPv6Network("64:ff9b:1::/48")
+IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:
+    """The IPv4 addresses an IPv6 transition address leads to: IPv4-mapped and -compatible,
+    6to4 (``2002::/16``), Teredo (``2001::/32``: server and client) and NAT64 (``64:ff9b::/96``)."""
+    found: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    if address in NAT64_WELL_KNOWN or address in IPV4_COMPATIBLE:
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return tuple(found)
+
+
 def is_internal(address: IPAddress) -> bool:
-    """Loopback, private, link-local (cloud metadata), multicast, reserved or unspecified."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """Loopback, private, link-local (cloud metadata), multicast, reserved or unspecified, or an
+    IPv6 address that leads to one (site-local, NAT64 local-use, or an embedded IPv4 address).
+
+    IPv4-mapped, 6to4 and well-known NAT64 addresses are judged by the IPv4 address they carry
+    alone (``64:ff9b::808:808`` reaches 8.8.8.8 through a NAT64 gateway), so the answer does not
+    depend on how this Python version classifies those IPv6 ranges.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.is_site_local or address in NAT64_LOCAL_USE:
+            return True
+        carried = embedded_ipv4(address)
+        if any(_flagged(ipv4) for ipv4 in carried):
+            return True
+        if carried and (
+            address.ipv4_mapped is not None
+            or address.sixtofour is not None
+            or address in NAT64_WELL_KNOWN
+        ):
+            return False
+    return _flagged(address)
+
+
+def _flagged(address: IPAddress) -> bool:
     return (
         address.is_loopback
         or address.is_private

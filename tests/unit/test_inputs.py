@@ -441,11 +441,28 @@ def test_empty_policy_text_is_the_default() -> None:
         ("fe80::1", True),  # link local
         ("ff02::1", True),  # multicast
         ("2001:db8::1", True),  # documentation
+        ("fec0::1", True),  # site-local (deprecated, still routed inside some networks)
+        ("fec0:1:2::abcd", True),
+        ("2002:a9fe:a9fe::1", True),  # 6to4 for 169.254.169.254 (cloud metadata)
+        ("2002:7f00:1::1", True),  # 6to4 for 127.0.0.1
+        ("2002:a00:1::", True),  # 6to4 for 10.0.0.1
+        ("64:ff9b::a9fe:a9fe", True),  # NAT64 for 169.254.169.254
+        ("64:ff9b::7f00:1", True),  # NAT64 for 127.0.0.1
+        ("64:ff9b::c0a8:101", True),  # NAT64 for 192.168.1.1
+        ("64:ff9b:1::808:808", True),  # local-use NAT64 prefix: never public
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", True),  # Teredo
+        ("2001:0:a9fe:a9fe::1", True),  # Teredo with the metadata address as its server
+        ("::127.0.0.1", True),  # IPv4-compatible loopback
+        ("::a9fe:a9fe", True),  # IPv4-compatible metadata
+        ("::8.8.8.8", True),  # IPv4-compatible: deprecated, never routed as such
+        ("::ffff:0:7f00:1", True),  # IPv4-translated loopback (RFC 2765)
         ("8.8.8.8", False),
         ("1.1.1.1", False),
         ("93.184.216.34", False),
         ("::ffff:8.8.8.8", False),
         ("2001:4860:4860::8888", False),
+        ("2002:808:808::1", False),  # 6to4 for a public address
+        ("64:ff9b::808:808", False),  # NAT64 for a public address (IPv6-only networks)
     ],
 )
 def test_is_internal(address: str, internal: bool) -> None:
@@ -635,6 +652,14 @@ def test_ipv6_loopback_is_refused_by_default() -> None:
         "http://[fe80::1]/x.png",
         "http://[::ffff:127.0.0.1]/x.png",  # IPv4-mapped loopback
         "http://[::ffff:169.254.169.254]/x.png",
+        "http://[2002:a9fe:a9fe::1]/latest/meta-data/",  # 6to4 for the metadata address
+        "http://[2002:7f00:1::1]/x.png",  # 6to4 for loopback
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # NAT64 for the metadata address
+        "http://[64:ff9b::7f00:1]/x.png",  # NAT64 for loopback
+        "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/x.png",  # Teredo
+        "http://[fec0::1]/x.png",  # site-local
+        "http://[::127.0.0.1]/x.png",  # IPv4-compatible loopback
+        "http://0x7f000001/x.png",  # 127.0.0.1 as one hex number
         "http://2130706433/x.png",  # 127.0.0.1 as one decimal number
         "http://0x7f.1/x.png",  # and in hex shorthand
         "http://127.1/x.png",
