@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
 
-import httpcore
-import httpx
+import httpcore2
+import httpx2
 import pytest
 from PIL import Image
 
@@ -36,11 +36,11 @@ from core.errors import (
     InvalidRequest,
     UnsupportedImageFormat,
 )
+from service.guard import is_internal
 from service.inputs import (
     FetchPolicy,
     decode_image,
     download,
-    is_internal,
     load_image,
     read_data_uri,
 )
@@ -743,10 +743,10 @@ def test_guard_connects_to_the_address_it_checked(monkeypatch: pytest.MonkeyPatc
 
     def fake_connect(self: Any, host: str, port: int, *args: Any, **kwargs: Any) -> Any:
         connected.append(host)
-        raise httpcore.ConnectError("test: no network")
+        raise httpcore2.ConnectError("test: no network")
 
     monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
-    monkeypatch.setattr(httpcore.SyncBackend, "connect_tcp", fake_connect)
+    monkeypatch.setattr(httpcore2.SyncBackend, "connect_tcp", fake_connect)
     with pytest.raises(FileDownloadError):
         download("http://mixed.example/x.png")
     assert connected == [public]
@@ -771,9 +771,9 @@ def test_host_resolving_only_to_internal_addresses_is_refused(
 @pytest.mark.parametrize(
     "url",
     [
-        "http://[::1/x.png",  # unclosed IPv6 bracket: httpx.InvalidURL
-        "http://[v1.x]/x.png",  # not an IPv6 address: httpx.InvalidURL
-        "http://127.0.0.1\t/x.png",  # control character: httpx.InvalidURL
+        "http://[::1/x.png",  # unclosed IPv6 bracket: httpx2.InvalidURL
+        "http://[v1.x]/x.png",  # not an IPv6 address: httpx2.InvalidURL
+        "http://127.0.0.1\t/x.png",  # control character: httpx2.InvalidURL
         "http://a..b/x.png",  # empty DNS label: UnicodeError from the idna codec
         "http://" + "a" * 64 + ".example/x.png",  # label over 63 characters: UnicodeError
         "http://xn--/x.png",  # malformed punycode: idna.IDNAError
@@ -853,7 +853,7 @@ def test_read_timeout() -> None:
             load_image(url, index=1, policy=policy)
         assert time.perf_counter() - started < 2.0
     _assert_at(exc_info.value, 1)
-    assert isinstance(exc_info.value.__cause__, httpx.ReadTimeout)
+    assert isinstance(exc_info.value.__cause__, httpx2.ReadTimeout)
 
 
 def test_download_timeout_argument_wins(server: _Server) -> None:
@@ -891,6 +891,6 @@ def test_connect_timeout() -> None:
             for filler in fillers:
                 filler.close()
     _assert_at(exc_info.value, 2)
-    if not isinstance(exc_info.value.__cause__, httpx.ConnectTimeout):
+    if not isinstance(exc_info.value.__cause__, httpx2.ConnectTimeout):
         pytest.skip("this kernel accepted the connection despite the full backlog")
     assert elapsed < 2.0
