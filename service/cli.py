@@ -312,9 +312,7 @@ def _serve_http(settings: Settings, *, with_worker: bool) -> int:
     setup_logging(settings.log_level, json=settings.log_format == "json")
     queue = make_queue(settings, role="serve" if with_worker else "api")
     store = make_store(settings)
-    webhooks = WebhookSender(
-        attempts=settings.webhook_attempts, backoff=settings.webhook_backoff_seconds
-    )
+    webhooks = WebhookSender.from_settings(settings)
     worker = _make_worker(settings, queue, store, webhooks) if with_worker else None
     app = create_app(settings, queue=queue, store=store, worker=worker, webhooks=webhooks)
     scheme = "https" if settings.ssl_certfile else "http"
@@ -364,9 +362,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level, json=settings.log_format == "json")
     queue = make_queue(settings, role="worker")
     store = make_store(settings)
-    webhooks = WebhookSender(
-        attempts=settings.webhook_attempts, backoff=settings.webhook_backoff_seconds
-    )
+    webhooks = WebhookSender.from_settings(settings)
     from service.metrics import Metrics
 
     metrics = Metrics()

@@ -18,6 +18,7 @@ from service.auth import ApiKeys
 from service.jobs import Job, JobStatus, JobView, Outcome, Priority
 from service.schema import APP_ID, Flux2FlashEditInput
 from service.settings import Settings
+from service.webhooks import check_webhook_url
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ def new_job(request: Request, settings: Settings, body: Any) -> tuple[Job, Any]:
         id=str(uuid.uuid4()),
         input=data,
         base_url=base_url(request, settings),
-        webhook_url=request.query_params.get("fal_webhook") or None,
+        webhook_url=check_webhook_url(request.query_params.get("fal_webhook") or None),
         priority=priority,
         start_deadline=deadline,
         owner=caller(request),

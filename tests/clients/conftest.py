@@ -45,6 +45,7 @@ def running_server(root: Path, *, tls: bool) -> Iterator[Server]:
         FLUX2_CACHE_DIR=str(root / "cache"),
         FLUX2_REFERENCE_PIXELS=str(128 * 128),
         FLUX2_WEBHOOK_BACKOFF_SECONDS="0.2",
+        FLUX2_WEBHOOK_ALLOW="127.0.0.1",  # the tests' receivers run on loopback
         FLUX2_LOG_LEVEL="info",
     )
     log = root / "server.log"

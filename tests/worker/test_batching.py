@@ -19,7 +19,7 @@ from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback
 from service.jobs import JobStatus
 from service.queue.memory import InMemoryJobQueue
 from service.storage.local import LocalArtifactStore
-from service.webhooks import WebhookSender
+from service.webhooks import WebhookSender, webhook_policy
 from service.worker import Worker, WorkerOptions
 
 
@@ -297,7 +297,7 @@ def test_a_job_cancelled_while_held_gets_its_webhook_when_released(
     """Claimed and prepared, waiting for the GPU, cancelled, then handed back on drain: the
     queue would complete it silently; the worker completes it and sends its webhook."""
     engine = RecordingEngine(num_steps=20, step_seconds=0.05)
-    sender = WebhookSender(attempts=3, backoff=0.05, timeout=5)
+    sender = WebhookSender(attempts=3, backoff=0.05, timeout=5, policy=webhook_policy("127.0.0.1"))
     with webhook_receiver() as (url, received):
         worker = Worker(
             lambda: engine,
