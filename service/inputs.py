@@ -25,7 +25,6 @@ import base64
 import binascii
 import contextlib
 import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,22 +61,29 @@ def _formats_ctx() -> dict[str, Any]:
 
 
 def decode_image(data: bytes, *, index: int = 0, source: str | None = None) -> Image.Image:
-    """Decode image bytes into an RGB PIL image, or raise a fal-typed error."""
+    """Decode image bytes into an RGB PIL image, or raise a fal-typed error.
+
+    Only the PNG, JPEG, WebP and GIF decoders ever see the bytes (``formats=``), and the size is
+    checked from the header before any pixel is decoded. No warning filter is touched: changing
+    them (``warnings.catch_warnings``) is not thread-safe before Python 3.14, and images are
+    decoded on several threads at once.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.format not in SUPPORTED_FORMATS:
-                raise UnsupportedImageFormat(
-                    f"Unsupported image format {image.format}; use PNG, JPEG, WebP or GIF",
-                    loc=_loc(index),
-                    ctx=_formats_ctx(),
-                    input=source,
-                )
-            _check_dimensions(image.width, image.height, index=index, source=source)
-            if getattr(image, "n_frames", 1) > 1:
-                image.seek(0)
-            image.load()
+        image = Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS)
+        if image.format not in SUPPORTED_FORMATS:  # e.g. MPO, which the JPEG decoder returns
+            raise UnsupportedImageFormat(
+                f"Unsupported image format {image.format}; use PNG, JPEG, WebP or GIF",
+                loc=_loc(index),
+                ctx=_formats_ctx(),
+                input=source,
+            )
+        _check_dimensions(image.width, image.height, index=index, source=source)
+        if getattr(image, "is_animated", False):
+            image.seek(0)
+        image.load()
+    # PIL refuses over 2x its MAX_IMAGE_PIXELS (179 Mpx) by itself, and warns above it (89 Mpx):
+    # that warning is an exception only where the caller's filters make it one (pytest's do).
+    # Either way it is over our own limit, which the header check above enforces.
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLarge(
             f"Image is too large; at most {MAX_SIDE}x{MAX_SIDE} pixels",
@@ -86,8 +92,11 @@ def decode_image(data: bytes, *, index: int = 0, source: str | None = None) -> I
             input=source,
         ) from exc
     except UnidentifiedImageError as exc:
+        other = _other_format(data)
         raise UnsupportedImageFormat(
-            "Could not identify the image format; use PNG, JPEG, WebP or GIF",
+            f"Unsupported image format {other}; use PNG, JPEG, WebP or GIF"
+            if other
+            else "Could not identify the image format; use PNG, JPEG, WebP or GIF",
             loc=_loc(index),
             ctx=_formats_ctx(),
             input=source,
@@ -95,6 +104,31 @@ def decode_image(data: bytes, *, index: int = 0, source: str | None = None) -> I
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageLoadError(f"Could not load image: {exc}", loc=_loc(index), input=source) from exc
     return _normalise(image)
+
+
+# Signatures of common formats we do not decode, only to name them in the error (never parsed).
+_OTHER_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (0, b"BM", "BMP"),
+    (0, b"II*\x00", "TIFF"),
+    (0, b"MM\x00*", "TIFF"),
+    (0, b"\x00\x00\x01\x00", "ICO"),
+    (0, b"8BPS", "PSD"),
+    (0, b"qoif", "QOI"),
+    (0, b"\xffO\xffQ", "JPEG 2000"),
+    (0, b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (4, b"ftypavif", "AVIF"),
+    (4, b"ftypheic", "HEIC"),
+    (4, b"ftypmif1", "HEIF"),
+    (0, b"%PDF", "PDF"),
+    *((0, f"P{n}".encode(), "PPM") for n in range(1, 8)),
+)
+
+
+def _other_format(data: bytes) -> str | None:
+    for offset, signature, name in _OTHER_SIGNATURES:
+        if data[offset : offset + len(signature)] == signature:
+            return name
+    return None
 
 
 def _check_dimensions(width: int, height: int, *, index: int, source: str | None) -> None:

@@ -16,6 +16,7 @@ import socket
 import struct
 import threading
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,7 +27,15 @@ from urllib.parse import quote_from_bytes
 import httpcore2
 import httpx2
 import pytest
-from PIL import Image
+from PIL import (
+    BmpImagePlugin,
+    IcoImagePlugin,
+    Image,
+    PpmImagePlugin,
+    PsdImagePlugin,
+    TgaImagePlugin,
+    TiffImagePlugin,
+)
 
 from core.errors import (
     FileDownloadError,
@@ -111,13 +120,83 @@ def test_animation_gives_its_first_frame(fmt: str, options: dict[str, Any]) -> N
     assert image.getpixel((40, 40)) == (255, 0, 0)
 
 
-@pytest.mark.parametrize("fmt", ["BMP", "TIFF", "PPM", "ICO", "TGA"])
-def test_other_formats_are_unsupported(fmt: str) -> None:
-    with pytest.raises(UnsupportedImageFormat, match=fmt) as exc_info:
+@pytest.mark.parametrize(
+    ("fmt", "named"),
+    [("BMP", "BMP"), ("TIFF", "TIFF"), ("PPM", "PPM"), ("ICO", "ICO"), ("TGA", "identify")],
+)
+def test_other_formats_are_unsupported(fmt: str, named: str) -> None:
+    with pytest.raises(UnsupportedImageFormat, match=named) as exc_info:
         decode_image(_encode(_noisy(), fmt), index=2, source="ref")
     _assert_at(exc_info.value, 2)
     assert exc_info.value.problems[0].ctx == {"supported_formats": SUPPORTED}
     assert exc_info.value.problems[0].input == "ref"
+
+
+OTHER_DECODERS = {
+    "BMP": (BmpImagePlugin.BmpImageFile, "BMP"),
+    "TIFF": (TiffImagePlugin.TiffImageFile, "TIFF"),
+    "PPM": (PpmImagePlugin.PpmImageFile, "PPM"),
+    "ICO": (IcoImagePlugin.IcoImageFile, "ICO"),
+    "TGA": (TgaImagePlugin.TgaImageFile, "TGA"),
+    "PSD": (PsdImagePlugin.PsdImageFile, "PSD"),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(OTHER_DECODERS))
+def test_no_other_decoder_ever_parses_the_bytes(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Untrusted bytes reach only the four supported decoders (``Image.open(formats=...)``)."""
+    cls, save_as = OTHER_DECODERS[fmt]
+    data = (
+        _encode(_noisy().convert("RGB"), save_as)
+        if save_as != "PSD"
+        else b"8BPS\x00\x01" + b"\x00" * 64
+    )
+    parsed: list[str] = []
+
+    def spy(self: Any) -> None:
+        parsed.append(fmt)
+        raise SyntaxError("spy")
+
+    monkeypatch.setattr(cls, "_open", spy)
+    with pytest.raises(UnsupportedImageFormat):
+        decode_image(data)
+    assert parsed == []
+
+
+def test_decoding_never_touches_the_warning_filters() -> None:
+    """``warnings.catch_warnings`` is not thread-safe before Python 3.14; prepare threads decode
+    in parallel, so decoding (bombs included) must not use it."""
+    real = warnings.catch_warnings
+    calls: list[str] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append("catch_warnings")
+        return real(*args, **kwargs)
+
+    warnings.catch_warnings = spy
+    try:
+        decoded = decode_image(PNG_BYTES)
+        refused = []
+        for width, height in [(9000, 9000), (10000, 10000), (30000, 30000)]:
+            try:
+                decode_image(png_header(width, height))
+            except ImageTooLarge:
+                refused.append((width, height))
+    finally:
+        warnings.catch_warnings = real
+    assert decoded.size == (96, 80)
+    assert len(refused) == 3
+    assert calls == []
+
+
+@pytest.mark.parametrize(("width", "height"), [(9000, 9000), (10000, 10000), (16000, 10000)])
+def test_too_large_whatever_the_warning_filters_say(width: int, height: int) -> None:
+    """PIL only warns between 89 and 179 Mpx; the header check refuses them even where that
+    warning is ignored (the default outside the tests is to print it once)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ImageTooLarge):
+            decode_image(png_header(width, height))
 
 
 @pytest.mark.parametrize(
