@@ -36,7 +36,9 @@ def _load(path: Path) -> list[x509.Certificate]:
     ],
     ids=["localhost", "127.0.0.1", "::1"],
 )
-def test_strict_rfc5280_verifier_accepts_the_chain(files: LocalCertificates, name: object) -> None:
+def test_strict_rfc5280_verifier_accepts_the_chain(
+    files: LocalCertificates, name: x509.DNSName | x509.IPAddress
+) -> None:
     """cryptography's verifier applies RFC 5280 and the CA/B Forum profile strictly."""
     [ca] = _load(files.ca)
     [leaf] = _load(files.cert)
