@@ -8,7 +8,9 @@ for the first request and for every redirect, so DNS rebinding cannot slip past 
 allow on-prem hosts with :class:`AddressPolicy` ``allow`` entries: host names or networks
 (``images.internal``, ``10.20.0.0/16``).
 
-:func:`guarded_client` is the one way to build an HTTP client that honours a policy.
+:func:`guarded_client` is the one way to build an HTTP client that honours a policy;
+:func:`webhook_policy` is the policy of webhooks (``FLUX2_WEBHOOK_ALLOW``), and
+:func:`check_webhook_url` checks a ``fal_webhook`` at submit, before anything is sent.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any, Self
 
 import httpcore2
 import httpx2
+
+from core.errors import InvalidRequest
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -232,3 +236,53 @@ def guarded_client(
         max_redirects=max_redirects,
         trust_env=False,
     )
+
+
+# -- webhooks ------------------------------------------------------------------------------------
+
+
+MAX_URL_LENGTH = 2083  # what pydantic's HttpUrl (and most browsers) accept
+WEBHOOK_LOC = ("query", "fal_webhook")
+
+
+def webhook_policy(allow: str = "") -> AddressPolicy:
+    """The receivers webhooks may go to: public addresses, plus ``allow`` (``FLUX2_WEBHOOK_ALLOW``
+    syntax: host names and networks, comma-separated; ``*`` = anywhere)."""
+    return AddressPolicy.from_text(allow, setting="FLUX2_WEBHOOK_ALLOW", verb="send webhooks to")
+
+
+def check_webhook_url(url: str | None) -> str | None:
+    """``url`` if it is an absolute http(s) URL with a host; otherwise fal's 422 at
+    ``["query", "fal_webhook"]``. Where it points is checked when it is delivered."""
+    if url is None:
+        return None
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidRequest(
+            f"fal_webhook is longer than {MAX_URL_LENGTH} characters",
+            loc=WEBHOOK_LOC,
+            type="url_too_long",
+            ctx={"max_length": MAX_URL_LENGTH},
+            input=url[:64],
+        )
+    try:
+        parsed = httpx2.URL(url)
+    except (httpx2.InvalidURL, ValueError, TypeError) as exc:
+        raise InvalidRequest(
+            f"fal_webhook is not a valid URL: {exc}", loc=WEBHOOK_LOC, type="url_parsing", input=url
+        ) from exc
+    if parsed.scheme not in ("http", "https"):
+        raise InvalidRequest(
+            "fal_webhook must be an http or https URL",
+            loc=WEBHOOK_LOC,
+            type="url_scheme",
+            ctx={"expected_schemes": "'http' or 'https'"},
+            input=url,
+        )
+    if not parsed.host:
+        raise InvalidRequest(
+            "fal_webhook is not a valid URL: it has no host",
+            loc=WEBHOOK_LOC,
+            type="url_parsing",
+            input=url,
+        )
+    return url

@@ -15,10 +15,10 @@ from pydantic import ValidationError
 
 from core.errors import InvalidRequest
 from service.auth import ApiKeys
+from service.guard import check_webhook_url
 from service.jobs import Job, JobStatus, JobView, Outcome, Priority
 from service.schema import APP_ID, Flux2FlashEditInput
 from service.settings import Settings
-from service.webhooks import check_webhook_url
 
 
 @dataclass(frozen=True)

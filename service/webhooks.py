@@ -3,7 +3,7 @@
 Deliveries go through the SSRF guard (:mod:`service.guard`): by default only to public addresses,
 checked on the address connected to; operators allow internal receivers with
 ``FLUX2_WEBHOOK_ALLOW``. Redirects are never followed: a receiver answering 3xx is not retried.
-``fal_webhook`` itself is checked at submit (:func:`check_webhook_url`).
+``fal_webhook`` itself is checked at submit (:func:`service.guard.check_webhook_url`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx2
 
-from core.errors import InvalidRequest
-from service.guard import AddressPolicy, guarded_client, refused_by_guard
+from service.guard import AddressPolicy, guarded_client, refused_by_guard, webhook_policy
 from service.jobs import Outcome
 
 if TYPE_CHECKING:
@@ -36,53 +35,6 @@ def webhook_payload(request_id: str, outcome: Outcome) -> dict[str, Any]:
     if not outcome.ok:
         payload["error"] = f"Invalid status code: {outcome.status_code}"
     return payload
-
-
-MAX_URL_LENGTH = 2083  # what pydantic's HttpUrl (and most browsers) accept
-WEBHOOK_LOC = ("query", "fal_webhook")
-
-
-def webhook_policy(allow: str = "") -> AddressPolicy:
-    """The receivers webhooks may go to: public addresses, plus ``allow`` (``FLUX2_WEBHOOK_ALLOW``
-    syntax: host names and networks, comma-separated; ``*`` = anywhere)."""
-    return AddressPolicy.from_text(allow, setting="FLUX2_WEBHOOK_ALLOW", verb="send webhooks to")
-
-
-def check_webhook_url(url: str | None) -> str | None:
-    """``url`` if it is an absolute http(s) URL with a host; otherwise fal's 422 at
-    ``["query", "fal_webhook"]``. Where it points is checked when it is delivered."""
-    if url is None:
-        return None
-    if len(url) > MAX_URL_LENGTH:
-        raise InvalidRequest(
-            f"fal_webhook is longer than {MAX_URL_LENGTH} characters",
-            loc=WEBHOOK_LOC,
-            type="url_too_long",
-            ctx={"max_length": MAX_URL_LENGTH},
-            input=url[:64],
-        )
-    try:
-        parsed = httpx2.URL(url)
-    except (httpx2.InvalidURL, ValueError, TypeError) as exc:
-        raise InvalidRequest(
-            f"fal_webhook is not a valid URL: {exc}", loc=WEBHOOK_LOC, type="url_parsing", input=url
-        ) from exc
-    if parsed.scheme not in ("http", "https"):
-        raise InvalidRequest(
-            "fal_webhook must be an http or https URL",
-            loc=WEBHOOK_LOC,
-            type="url_scheme",
-            ctx={"expected_schemes": "'http' or 'https'"},
-            input=url,
-        )
-    if not parsed.host:
-        raise InvalidRequest(
-            "fal_webhook is not a valid URL: it has no host",
-            loc=WEBHOOK_LOC,
-            type="url_parsing",
-            input=url,
-        )
-    return url
 
 
 class WebhookSender:

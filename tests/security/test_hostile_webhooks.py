@@ -22,11 +22,12 @@ from starlette.testclient import TestClient
 
 from pipelines.fake import FakeEngine
 from service.app import create_app
+from service.guard import webhook_policy
 from service.jobs import Outcome
 from service.queue.memory import InMemoryJobQueue
 from service.settings import Settings
 from service.storage.local import LocalArtifactStore
-from service.webhooks import WebhookSender, webhook_payload, webhook_policy
+from service.webhooks import WebhookSender, webhook_payload
 from service.worker import Worker, WorkerOptions
 
 OK = Outcome(status_code=200, body={"images": []}, inference_time=0.1)

@@ -16,8 +16,9 @@ from service_helpers import (
     webhook_server,
 )
 
+from service.guard import webhook_policy
 from service.jobs import Outcome
-from service.webhooks import WebhookSender, webhook_payload, webhook_policy
+from service.webhooks import WebhookSender, webhook_payload
 
 OUTPUT = {"images": [{"url": "http://x/files/a/b.png"}], "seed": 196619188014358660}
 PROBLEMS = {

@@ -16,10 +16,11 @@ from worker_helpers import all_done, data_uri, make_job, wait_until, webhook_rec
 from core.errors import OutOfMemory
 from pipelines.fake import FakeEngine
 from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback
+from service.guard import webhook_policy
 from service.jobs import JobStatus
 from service.queue.memory import InMemoryJobQueue
 from service.storage.local import LocalArtifactStore
-from service.webhooks import WebhookSender, webhook_policy
+from service.webhooks import WebhookSender
 from service.worker import Worker, WorkerOptions
 
 

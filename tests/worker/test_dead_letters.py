@@ -16,10 +16,11 @@ import pytest
 from worker_helpers import make_job, wait_until, webhook_receiver
 
 from pipelines.fake import FakeEngine
+from service.guard import webhook_policy
 from service.jobs import JobStatus
 from service.queue.redis import RedisJobQueue
 from service.storage.local import LocalArtifactStore
-from service.webhooks import WebhookSender, webhook_policy
+from service.webhooks import WebhookSender
 from service.worker import Worker, WorkerOptions
 
 
