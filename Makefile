@@ -6,15 +6,31 @@ STAMP  := $(VENV)/.install-stamp
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-.PHONY: install system-deps demo test lint fmt typecheck bench clean
+LOCK   := requirements/dev.txt
+PIP    := $(PY) -m pip --disable-pip-version-check
+LOCK_ARGS ?=
+
+.PHONY: install lock system-deps demo test lint fmt typecheck bench clean
 
 install: $(STAMP)
 
-# Re-installs only when pyproject.toml changes; the venv is reused otherwise (idempotent).
-$(STAMP): pyproject.toml
+# Everything comes from the hashed lock (pip refuses any file whose sha256 is not in it, and
+# installs nothing the lock does not list); then the project itself, built by the locked
+# setuptools without fetching anything. Re-installs only when pyproject.toml or the lock
+# changes; the venv is reused otherwise (idempotent). See requirements/README.md.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PIP) install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	$(PIP) check
 	@touch $(STAMP)
+
+# Re-resolve requirements/*.txt after a change to pyproject.toml (pins that still fit are
+# kept); LOCK_ARGS=--upgrade moves everything, LOCK_ARGS="--upgrade-package NAME" one package.
+# Uses the venv's uv (the dev extra pins it) without re-installing: the old lock may no longer
+# fit the changed pyproject.toml.
+lock:
+	UV=$(VENV)/bin/uv bash scripts/lock.sh $(LOCK_ARGS)
 
 # Debian packages the tests need (redis-server, …); installs them when run as root, else says how.
 system-deps:

@@ -226,7 +226,9 @@ class Flux2Engine:
         # 2. Load on the CPU.
         started = time.perf_counter()
         try:
-            pipe = Flux2Pipeline.from_pretrained(path, dtype=self.dtype, local_files_only=True)
+            pipe = Flux2Pipeline.from_pretrained(
+                path, dtype=self.dtype, local_files_only=True, use_safetensors=True
+            )
         except Exception as exc:  # diffusers raises many kinds; all mean "unusable weights"
             raise WeightsError(f"cannot load FLUX.2 from {path}: {exc}") from exc
         pipe.set_progress_bar_config(disable=True)
@@ -647,8 +649,13 @@ def warmup_shapes(
 def _fuse_lora(pipe: Flux2Pipeline, path: Path, scale: float) -> None:
     if not path.is_file():
         raise WeightsError(f"LoRA file {path} does not exist")
+    # diffusers unpickles any weight_name not ending in .safetensors, use_safetensors or not.
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"LoRA file {path} is not a .safetensors file; only those are loaded")
     try:
-        pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name="flash")
+        pipe.load_lora_weights(
+            str(path.parent), weight_name=path.name, adapter_name="flash", use_safetensors=True
+        )
         pipe.fuse_lora(lora_scale=scale, adapter_names=["flash"])
         pipe.unload_lora_weights()
     except Exception as exc:

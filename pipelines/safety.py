@@ -323,7 +323,7 @@ def _transformers_pipeline(model_dir: Path) -> Any:
     )
 
     model = AutoModelForImageClassification.from_pretrained(
-        str(model_dir), local_files_only=True, trust_remote_code=False
+        str(model_dir), local_files_only=True, trust_remote_code=False, use_safetensors=True
     )
     processor = AutoImageProcessor.from_pretrained(
         str(model_dir), local_files_only=True, trust_remote_code=False

@@ -27,7 +27,7 @@ from pipelines.safety import SafetyChecker, make_safety_checker
 from service.inputs import FetchPolicy
 from service.metrics import Metrics
 from service.queue.base import JobQueue
-from service.settings import FetchSettings, Settings, WebhookSettings
+from service.settings import Settings
 from service.storage.base import ArtifactStore
 from service.webhooks import WebhookSender
 from service.worker import Worker, WorkerOptions
@@ -100,18 +100,6 @@ def make_store(settings: Settings) -> ArtifactStore:
     return LocalArtifactStore(settings.storage.files_root)
 
 
-def fetch_policy(fetch: FetchSettings) -> FetchPolicy:
-    return FetchPolicy.from_text(
-        fetch.fetch_allow, max_bytes=fetch.fetch_max_bytes, read_timeout=fetch.fetch_timeout_seconds
-    )
-
-
-def webhook_sender(webhooks: WebhookSettings) -> WebhookSender:
-    return WebhookSender(
-        attempts=webhooks.webhook_attempts, backoff=webhooks.webhook_backoff_seconds
-    )
-
-
 def worker_options(settings: Settings, role: Role) -> WorkerOptions:
     """The worker's options. A lone ``serve`` worker fails jobs when its model cannot load and
     prefetches freely; workers sharing Redis leave jobs to others (see ``prefetch_steps``)."""
@@ -126,7 +114,7 @@ def worker_options(settings: Settings, role: Role) -> WorkerOptions:
         prefetch_steps=PREFETCH_STEPS if shared else None,
         check_inputs=settings.safety.safety_check_inputs,
         allow_disable_safety=settings.safety.allow_disable_safety_checker,
-        fetch_policy=fetch_policy(settings.fetch),
+        fetch_policy=FetchPolicy.from_settings(settings.fetch),
     )
 
 
@@ -174,7 +162,7 @@ def build(
     """
     queue = queue if queue is not None else make_queue(settings, role)
     store = store if store is not None else make_store(settings)
-    webhooks = webhooks if webhooks is not None else webhook_sender(settings.webhooks)
+    webhooks = webhooks if webhooks is not None else WebhookSender.from_settings(settings.webhooks)
     metrics = metrics if metrics is not None else Metrics()
     worker = None
     if role is not Role.API:

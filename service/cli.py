@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     key.set_defaults(handler=_cmd_key)
 
     cert = commands.add_parser(
-        "cert", help="write a self-signed cert.pem and key.pem for 127.0.0.1 and localhost"
+        "cert", help="write a local CA (ca.pem) and a cert.pem + key.pem for 127.0.0.1/localhost"
     )
     cert.add_argument("--out", type=Path, default=Path("certs"), help="folder (./certs)")
     cert.set_defaults(handler=_cmd_cert)
@@ -343,10 +343,15 @@ def _cmd_key(args: argparse.Namespace) -> int:
 
 
 def _cmd_cert(args: argparse.Namespace) -> int:
-    from service.tls import write_self_signed
+    from service.tls import write_local_certificates
 
-    for path in write_self_signed(args.out):
+    files = write_local_certificates(args.out)
+    for path in (files.ca, files.cert, files.key):
         print(path)
+    _say(
+        f"serve with --ssl-certfile {files.cert} --ssl-keyfile {files.key}; clients trust "
+        f"{files.ca} (SSL_CERT_FILE, NODE_EXTRA_CA_CERTS, curl --cacert)"
+    )
     return 0
 
 

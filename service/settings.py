@@ -270,6 +270,12 @@ class WebhookSettings(_Group):
     webhook_backoff_seconds: float = Field(
         default=2.0, ge=0, description="First retry delay of a webhook; doubles each attempt."
     )
+    webhook_allow: str = Field(
+        default="",
+        description="Comma-separated host names and networks (CIDR) fal_webhook URLs may point "
+        "to although they are internal, e.g. 'hooks.internal,10.20.0.0/16'; '*' turns the "
+        "check off. By default webhooks go only to public addresses (redirects never followed).",
+    )
 
 
 class ObservabilitySettings(_Group):

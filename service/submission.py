@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from core.errors import InvalidRequest
 from service.auth import ApiKeys
 from service.endpoints import DEFAULT_ENDPOINT, Endpoint, EndpointInput
+from service.guard import check_webhook_url
 from service.jobs import Job, JobStatus, JobView, Outcome, Priority
 from service.schema import APP_ID
 from service.settings import Settings
@@ -122,7 +123,7 @@ def new_job(
         input=parsed,
         endpoint=endpoint.id,
         base_url=base_url(request, settings),
-        webhook_url=request.query_params.get("fal_webhook") or None,
+        webhook_url=check_webhook_url(request.query_params.get("fal_webhook") or None),
         priority=priority,
         start_deadline=deadline,
         owner=caller(request),

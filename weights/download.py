@@ -154,7 +154,7 @@ def _translate(
             "run the download again with network access; it resumes where it stopped"
         )
     if isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError)) or (
-        type(error).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore")
+        type(error).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore", "httpcore2")
     ):
         if constants.is_offline_mode():
             return WeightsError(

@@ -22,6 +22,9 @@ from typing import Any, TypeVar
 from core.errors import WeightsError
 
 MANIFEST_RESOURCE = "manifest.json"
+#: What an allow-pattern may select: weights as safetensors (never pickles), JSON configs and
+#: tokenizer files (a chat template, a sentencepiece model, BPE merges). No code, no pickles.
+SAFE_SUFFIXES = (".safetensors", ".json", ".jinja", ".model", ".txt")
 
 T = TypeVar("T")
 
@@ -145,7 +148,7 @@ def _entry(raw: dict[str, Any]) -> ManifestEntry:
         gated=gated,
         licence=_typed(raw, "licence", str),
         licence_url=_optional(raw, "licence_url", str),
-        allow_patterns=tuple(_strings(raw["allow_patterns"], f"{name}.allow_patterns")),
+        allow_patterns=_allow_patterns(raw["allow_patterns"], f"{name}.allow_patterns"),
         weight_file=_optional(raw, "weight_file", str),
         identify={k: _dict(v, f"{name}.identify[{k}]") for k, v in identify.items()},
         approx_component_bytes=dict(sizes),
@@ -153,6 +156,17 @@ def _entry(raw: dict[str, Any]) -> ManifestEntry:
         files=tuple(_file(_dict(f, f"{name}.files[]")) for f in _list(raw["files"], name)),
         notes=str(raw.get("notes", "")),
     )
+
+
+def _allow_patterns(value: object, what: str) -> tuple[str, ...]:
+    patterns = _strings(value, what)
+    for pattern in patterns:
+        if not pattern.endswith(SAFE_SUFFIXES):
+            raise ValueError(
+                f"{what}: {pattern!r} may select more than safetensors, JSON and tokenizer files "
+                f"(a pattern must end in one of {', '.join(SAFE_SUFFIXES)})"
+            )
+    return tuple(patterns)
 
 
 def _file(raw: dict[str, Any]) -> FileEntry:

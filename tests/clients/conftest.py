@@ -19,7 +19,7 @@ from benchmarks.common import flux2_edit_command, free_port, wait_until_ready
 class Server:
     origin: str  # e.g. https://127.0.0.1:8443
     host_port: str  # e.g. 127.0.0.1:8443 (what FAL_RUN_HOST wants)
-    cert: Path
+    ca: Path  # the CA that signed the server's certificate: what clients trust
     log: Path
 
 
@@ -45,6 +45,7 @@ def running_server(root: Path, *, tls: bool) -> Iterator[Server]:
         FLUX2_CACHE_DIR=str(root / "cache"),
         FLUX2_REFERENCE_PIXELS=str(128 * 128),
         FLUX2_WEBHOOK_BACKOFF_SECONDS="0.2",
+        FLUX2_WEBHOOK_ALLOW="127.0.0.1",  # the tests' receivers run on loopback
         FLUX2_LOG_LEVEL="info",
     )
     log = root / "server.log"
@@ -67,11 +68,11 @@ def running_server(root: Path, *, tls: bool) -> Iterator[Server]:
         )
     origin = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     verify: ssl.SSLContext | bool = (
-        ssl.create_default_context(cafile=str(certs / "cert.pem")) if tls else True
+        ssl.create_default_context(cafile=str(certs / "ca.pem")) if tls else True
     )
     try:
         wait_until_ready(process, origin, log, timeout=180, verify=verify)
-        yield Server(origin=origin, host_port=f"127.0.0.1:{port}", cert=certs / "cert.pem", log=log)
+        yield Server(origin=origin, host_port=f"127.0.0.1:{port}", ca=certs / "ca.pem", log=log)
     finally:
         process.terminate()
         try:

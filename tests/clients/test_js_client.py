@@ -97,7 +97,7 @@ def test_js_client(node: str, server: Any, mode: str) -> None:
     env.update(
         FLUX2_ORIGIN=server.origin,
         FLUX2_JS_MODES=mode,
-        NODE_EXTRA_CA_CERTS=str(server.cert),
+        NODE_EXTRA_CA_CERTS=str(server.ca),
         NO_COLOR="1",
     )
     command = [node, "--test", "--test-reporter=spec", TEST_FILE]

@@ -97,7 +97,7 @@ def client_env(server: Any) -> dict[str, str]:
     env.update(
         FAL_RUN_HOST=server.host_port,
         FAL_QUEUE_RUN_HOST=f"{server.host_port}/queue",
-        SSL_CERT_FILE=str(server.cert),
+        SSL_CERT_FILE=str(server.ca),
         FAL_KEY="test-key",
         NO_PROXY="*",
     )
@@ -142,7 +142,7 @@ def server_tail(server: Any, lines: int = 40) -> str:
 
 
 def tls(server: Any) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(server.cert))
+    return ssl.create_default_context(cafile=str(server.ca))
 
 
 def fetch(server: Any, url: str) -> httpx.Response:

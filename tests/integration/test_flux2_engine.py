@@ -346,6 +346,37 @@ def test_missing_lora_file_is_a_weights_error(tiny_checkpoint: Path, tmp_path: P
         make_engine(tiny_checkpoint, lora_path=tmp_path / "absent.safetensors")
 
 
+def _pickled_copy(checkpoint: Path, dest: Path, component: str) -> Path:
+    """``checkpoint`` with ``component``'s weights as a pickle (``.bin``) instead of safetensors."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    shutil.copytree(checkpoint, dest)
+    [weights] = (dest / component).glob("*.safetensors")
+    torch.save(load_file(weights), weights.with_suffix(".bin"))
+    weights.unlink()
+    return dest
+
+
+def test_pickled_weights_are_never_loaded(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Only safetensors are loaded (``use_safetensors=True``): a component stored as a pickle is
+    a WeightsError, although diffusers would load it by default."""
+    pickled = _pickled_copy(tiny_checkpoint, tmp_path / "pickled", "vae")
+    assert Flux2Pipeline.from_pretrained(pickled, dtype=torch.float32).vae is not None  # default
+    with pytest.raises(WeightsError, match="safetensors"):
+        make_engine(pickled)
+
+
+def test_a_lora_that_is_not_safetensors_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """diffusers unpickles a LoRA whose name does not end in .safetensors, whatever
+    ``use_safetensors`` says: the engine refuses the file before diffusers sees it."""
+    path = tmp_path / "flash-lora.bin"
+    torch.save({}, path)
+    with pytest.raises(WeightsError, match="not a .safetensors file"):
+        make_engine(tiny_checkpoint, lora_path=path)
+
+
 def test_warmup_runs_a_small_edit_then_fals_default_request(
     fast_engine: Flux2Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -206,6 +206,26 @@ def test_hf_image_classifier_from_a_local_directory(tiny_vit: Path, no_network: 
     assert no_network == []
 
 
+def test_hf_image_classifier_loads_safetensors_only(tiny_vit: Path, tmp_path: Path) -> None:
+    """A classifier stored as a pickle is refused (``use_safetensors=True``), although
+    transformers would load it by default."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageClassification
+
+    from core.errors import WeightsError
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_vit, pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    assert AutoModelForImageClassification.from_pretrained(pickled) is not None  # the default
+    with pytest.raises(WeightsError, match="cannot load the classifier"):
+        HFImageClassifierChecker(pickled).load()
+
+
 def test_hf_image_classifier_rejects_a_directory_without_nsfw_labels(
     tiny_vit: Path, tmp_path: Path
 ) -> None:

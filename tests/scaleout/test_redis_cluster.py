@@ -94,6 +94,7 @@ def cluster(redis_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
         FLUX2_LEASE_SECONDS="3",
         FLUX2_MAX_BATCH_IMAGES="2",
         FLUX2_LOG_LEVEL="info",
+        FLUX2_WEBHOOK_ALLOW="127.0.0.1",  # the webhook receiver runs on loopback
     )
     port = free_port()
     processes: dict[str, subprocess.Popen[bytes]] = {}

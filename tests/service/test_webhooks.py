@@ -16,6 +16,7 @@ from service_helpers import (
     webhook_server,
 )
 
+from service.guard import webhook_policy
 from service.jobs import Outcome
 from service.webhooks import WebhookSender, webhook_payload
 
@@ -32,11 +33,12 @@ PROBLEMS = {
 }
 OK = Outcome(status_code=200, body=OUTPUT, inference_time=0.2)
 INVALID = Outcome(status_code=422, body=PROBLEMS, error="Field required", error_type="missing")
+LOOPBACK = webhook_policy("127.0.0.1")  # the receivers run on loopback, internal by default
 
 
 @pytest.fixture
 def sender() -> Iterator[WebhookSender]:
-    webhooks = WebhookSender(attempts=3, backoff=0.05, timeout=5)
+    webhooks = WebhookSender(attempts=3, backoff=0.05, timeout=5, policy=LOOPBACK)
     yield webhooks
     webhooks.close()
 
@@ -106,7 +108,7 @@ def test_gives_up_on_unreachable_receiver(sender: WebhookSender) -> None:
 
 
 def test_close_stops_retrying() -> None:
-    webhooks = WebhookSender(attempts=5, backoff=5.0, timeout=5)
+    webhooks = WebhookSender(attempts=5, backoff=5.0, timeout=5, policy=LOOPBACK)
     with webhook_server(codes=[500] * 10) as hook:
         webhooks.send(hook.url, "req-6", OK)
         wait_for(lambda: hook.count() == 1, what="first attempt")

@@ -178,6 +178,30 @@ def test_every_copy_source_exists_and_reaches_the_build(dockerfile: list[Instruc
         assert package.rstrip("*") in sources, f"package {package} is not copied"
 
 
+def test_dependencies_come_from_the_hashed_runtime_lock(dockerfile: list[Instruction]) -> None:
+    """Every pip install in the image installs what requirements/runtime.txt pins, hash-checked,
+    and nothing else (--no-deps everywhere; the project builds without fetching a backend)."""
+    commands = [
+        shlex.split(command)
+        for value in only(dockerfile, "RUN")
+        for command in value.split("&&")
+        if "pip install" in command
+    ]
+    assert len(commands) == 2, commands
+    assert all("--no-deps" in words for words in commands), commands
+    locked, project = commands
+    assert "--require-hashes" in locked
+    assert locked[locked.index("-r") + 1] == "requirements/runtime.txt"
+    assert "--no-build-isolation" in project
+    assert project[-1] == "/src"
+    copied = [arguments(value)[:-1] for value in only(dockerfile, "COPY")]
+    assert ["requirements/runtime.txt"] in copied
+    keywords = [(key, value) for key, value in dockerfile if key in ("COPY", "RUN")]
+    lock_copy = next(i for i, (k, v) in enumerate(keywords) if "requirements/runtime.txt" in v)
+    lock_install = next(i for i, (k, v) in enumerate(keywords) if "--require-hashes" in v)
+    assert lock_copy < lock_install
+
+
 def test_no_weights_are_fetched_or_baked(dockerfile: list[Instruction]) -> None:
     for value in only(dockerfile, "RUN"):
         assert "weights download" not in value

@@ -16,6 +16,7 @@ import socket
 import struct
 import threading
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,10 +24,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
 
-import httpcore
-import httpx
+import httpcore2
+import httpx2
 import pytest
-from PIL import Image
+from PIL import (
+    BmpImagePlugin,
+    IcoImagePlugin,
+    Image,
+    PpmImagePlugin,
+    PsdImagePlugin,
+    TgaImagePlugin,
+    TiffImagePlugin,
+)
 
 from core.errors import (
     FileDownloadError,
@@ -36,11 +45,11 @@ from core.errors import (
     InvalidRequest,
     UnsupportedImageFormat,
 )
+from service.guard import is_internal
 from service.inputs import (
     FetchPolicy,
     decode_image,
     download,
-    is_internal,
     load_image,
     read_data_uri,
 )
@@ -111,13 +120,83 @@ def test_animation_gives_its_first_frame(fmt: str, options: dict[str, Any]) -> N
     assert image.getpixel((40, 40)) == (255, 0, 0)
 
 
-@pytest.mark.parametrize("fmt", ["BMP", "TIFF", "PPM", "ICO", "TGA"])
-def test_other_formats_are_unsupported(fmt: str) -> None:
-    with pytest.raises(UnsupportedImageFormat, match=fmt) as exc_info:
+@pytest.mark.parametrize(
+    ("fmt", "named"),
+    [("BMP", "BMP"), ("TIFF", "TIFF"), ("PPM", "PPM"), ("ICO", "ICO"), ("TGA", "identify")],
+)
+def test_other_formats_are_unsupported(fmt: str, named: str) -> None:
+    with pytest.raises(UnsupportedImageFormat, match=named) as exc_info:
         decode_image(_encode(_noisy(), fmt), index=2, source="ref")
     _assert_at(exc_info.value, 2)
     assert exc_info.value.problems[0].ctx == {"supported_formats": SUPPORTED}
     assert exc_info.value.problems[0].input == "ref"
+
+
+OTHER_DECODERS = {
+    "BMP": (BmpImagePlugin.BmpImageFile, "BMP"),
+    "TIFF": (TiffImagePlugin.TiffImageFile, "TIFF"),
+    "PPM": (PpmImagePlugin.PpmImageFile, "PPM"),
+    "ICO": (IcoImagePlugin.IcoImageFile, "ICO"),
+    "TGA": (TgaImagePlugin.TgaImageFile, "TGA"),
+    "PSD": (PsdImagePlugin.PsdImageFile, "PSD"),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(OTHER_DECODERS))
+def test_no_other_decoder_ever_parses_the_bytes(fmt: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Untrusted bytes reach only the four supported decoders (``Image.open(formats=...)``)."""
+    cls, save_as = OTHER_DECODERS[fmt]
+    data = (
+        _encode(_noisy().convert("RGB"), save_as)
+        if save_as != "PSD"
+        else b"8BPS\x00\x01" + b"\x00" * 64
+    )
+    parsed: list[str] = []
+
+    def spy(self: Any) -> None:
+        parsed.append(fmt)
+        raise SyntaxError("spy")
+
+    monkeypatch.setattr(cls, "_open", spy)
+    with pytest.raises(UnsupportedImageFormat):
+        decode_image(data)
+    assert parsed == []
+
+
+def test_decoding_never_touches_the_warning_filters() -> None:
+    """``warnings.catch_warnings`` is not thread-safe before Python 3.14; prepare threads decode
+    in parallel, so decoding (bombs included) must not use it."""
+    real = warnings.catch_warnings
+    calls: list[str] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append("catch_warnings")
+        return real(*args, **kwargs)
+
+    warnings.catch_warnings = spy
+    try:
+        decoded = decode_image(PNG_BYTES)
+        refused = []
+        for width, height in [(9000, 9000), (10000, 10000), (30000, 30000)]:
+            try:
+                decode_image(png_header(width, height))
+            except ImageTooLarge:
+                refused.append((width, height))
+    finally:
+        warnings.catch_warnings = real
+    assert decoded.size == (96, 80)
+    assert len(refused) == 3
+    assert calls == []
+
+
+@pytest.mark.parametrize(("width", "height"), [(9000, 9000), (10000, 10000), (16000, 10000)])
+def test_too_large_whatever_the_warning_filters_say(width: int, height: int) -> None:
+    """PIL only warns between 89 and 179 Mpx; the header check refuses them even where that
+    warning is ignored (the default outside the tests is to print it once)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ImageTooLarge):
+            decode_image(png_header(width, height))
 
 
 @pytest.mark.parametrize(
@@ -441,11 +520,28 @@ def test_empty_policy_text_is_the_default() -> None:
         ("fe80::1", True),  # link local
         ("ff02::1", True),  # multicast
         ("2001:db8::1", True),  # documentation
+        ("fec0::1", True),  # site-local (deprecated, still routed inside some networks)
+        ("fec0:1:2::abcd", True),
+        ("2002:a9fe:a9fe::1", True),  # 6to4 for 169.254.169.254 (cloud metadata)
+        ("2002:7f00:1::1", True),  # 6to4 for 127.0.0.1
+        ("2002:a00:1::", True),  # 6to4 for 10.0.0.1
+        ("64:ff9b::a9fe:a9fe", True),  # NAT64 for 169.254.169.254
+        ("64:ff9b::7f00:1", True),  # NAT64 for 127.0.0.1
+        ("64:ff9b::c0a8:101", True),  # NAT64 for 192.168.1.1
+        ("64:ff9b:1::808:808", True),  # local-use NAT64 prefix: never public
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", True),  # Teredo
+        ("2001:0:a9fe:a9fe::1", True),  # Teredo with the metadata address as its server
+        ("::127.0.0.1", True),  # IPv4-compatible loopback
+        ("::a9fe:a9fe", True),  # IPv4-compatible metadata
+        ("::8.8.8.8", True),  # IPv4-compatible: deprecated, never routed as such
+        ("::ffff:0:7f00:1", True),  # IPv4-translated loopback (RFC 2765)
         ("8.8.8.8", False),
         ("1.1.1.1", False),
         ("93.184.216.34", False),
         ("::ffff:8.8.8.8", False),
         ("2001:4860:4860::8888", False),
+        ("2002:808:808::1", False),  # 6to4 for a public address
+        ("64:ff9b::808:808", False),  # NAT64 for a public address (IPv6-only networks)
     ],
 )
 def test_is_internal(address: str, internal: bool) -> None:
@@ -635,6 +731,14 @@ def test_ipv6_loopback_is_refused_by_default() -> None:
         "http://[fe80::1]/x.png",
         "http://[::ffff:127.0.0.1]/x.png",  # IPv4-mapped loopback
         "http://[::ffff:169.254.169.254]/x.png",
+        "http://[2002:a9fe:a9fe::1]/latest/meta-data/",  # 6to4 for the metadata address
+        "http://[2002:7f00:1::1]/x.png",  # 6to4 for loopback
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",  # NAT64 for the metadata address
+        "http://[64:ff9b::7f00:1]/x.png",  # NAT64 for loopback
+        "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/x.png",  # Teredo
+        "http://[fec0::1]/x.png",  # site-local
+        "http://[::127.0.0.1]/x.png",  # IPv4-compatible loopback
+        "http://0x7f000001/x.png",  # 127.0.0.1 as one hex number
         "http://2130706433/x.png",  # 127.0.0.1 as one decimal number
         "http://0x7f.1/x.png",  # and in hex shorthand
         "http://127.1/x.png",
@@ -718,10 +822,10 @@ def test_guard_connects_to_the_address_it_checked(monkeypatch: pytest.MonkeyPatc
 
     def fake_connect(self: Any, host: str, port: int, *args: Any, **kwargs: Any) -> Any:
         connected.append(host)
-        raise httpcore.ConnectError("test: no network")
+        raise httpcore2.ConnectError("test: no network")
 
     monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
-    monkeypatch.setattr(httpcore.SyncBackend, "connect_tcp", fake_connect)
+    monkeypatch.setattr(httpcore2.SyncBackend, "connect_tcp", fake_connect)
     with pytest.raises(FileDownloadError):
         download("http://mixed.example/x.png")
     assert connected == [public]
@@ -746,9 +850,9 @@ def test_host_resolving_only_to_internal_addresses_is_refused(
 @pytest.mark.parametrize(
     "url",
     [
-        "http://[::1/x.png",  # unclosed IPv6 bracket: httpx.InvalidURL
-        "http://[v1.x]/x.png",  # not an IPv6 address: httpx.InvalidURL
-        "http://127.0.0.1\t/x.png",  # control character: httpx.InvalidURL
+        "http://[::1/x.png",  # unclosed IPv6 bracket: httpx2.InvalidURL
+        "http://[v1.x]/x.png",  # not an IPv6 address: httpx2.InvalidURL
+        "http://127.0.0.1\t/x.png",  # control character: httpx2.InvalidURL
         "http://a..b/x.png",  # empty DNS label: UnicodeError from the idna codec
         "http://" + "a" * 64 + ".example/x.png",  # label over 63 characters: UnicodeError
         "http://xn--/x.png",  # malformed punycode: idna.IDNAError
@@ -828,7 +932,7 @@ def test_read_timeout() -> None:
             load_image(url, index=1, policy=policy)
         assert time.perf_counter() - started < 2.0
     _assert_at(exc_info.value, 1)
-    assert isinstance(exc_info.value.__cause__, httpx.ReadTimeout)
+    assert isinstance(exc_info.value.__cause__, httpx2.ReadTimeout)
 
 
 def test_download_timeout_argument_wins(server: _Server) -> None:
@@ -866,6 +970,6 @@ def test_connect_timeout() -> None:
             for filler in fillers:
                 filler.close()
     _assert_at(exc_info.value, 2)
-    if not isinstance(exc_info.value.__cause__, httpx.ConnectTimeout):
+    if not isinstance(exc_info.value.__cause__, httpx2.ConnectTimeout):
         pytest.skip("this kernel accepted the connection despite the full backlog")
     assert elapsed < 2.0

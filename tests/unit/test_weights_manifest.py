@@ -28,6 +28,26 @@ REAL_FILES = [
     "vae/diffusion_pytorch_model.safetensors",
 ]
 BFL_SINGLE_FILES = ["flux2-dev.safetensors", "ae.safetensors", "README.md", "teaser.png"]
+TOKENIZER_FILES = [
+    "tokenizer/chat_template.jinja",
+    "tokenizer/processor_config.json",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer.model",
+]
+# What a repository may also hold and must never be fetched: pickles and code.
+UNSAFE_FILES = [
+    "transformer/diffusion_pytorch_model.bin",
+    "text_encoder/pytorch_model-00001-of-00002.bin",
+    "vae/diffusion_pytorch_model.pt",
+    "vae/model.ckpt",
+    "text_encoder/weights.pth",
+    "tokenizer/tokenizer.pkl",
+    "transformer/modeling_flux2.py",
+    "scheduler/scheduler.py",
+    "text_encoder/flax_model.msgpack",
+    "text_encoder/tf_model.h5",
+    "vae/model.onnx",
+]
 
 
 def packaged() -> dict[str, Any]:
@@ -55,6 +75,25 @@ def test_allow_patterns_pick_the_diffusers_folders_not_the_bfl_single_files() ->
     patterns = list(load_manifest().model.allow_patterns)
     picked = list(filter_repo_objects(REAL_FILES + BFL_SINGLE_FILES, allow_patterns=patterns))
     assert picked == REAL_FILES
+
+
+def test_allow_patterns_pick_safetensors_json_and_tokenizer_files_only() -> None:
+    patterns = list(load_manifest().model.allow_patterns)
+    listing = REAL_FILES + TOKENIZER_FILES + UNSAFE_FILES
+    picked = list(filter_repo_objects(listing, allow_patterns=patterns))
+    assert picked == REAL_FILES + TOKENIZER_FILES
+
+
+@pytest.mark.parametrize(
+    "pattern", ["transformer/*", "*", "vae/*.bin", "text_encoder/*.safetensors*", "*.py"]
+)
+def test_a_pattern_that_could_select_pickles_or_code_is_refused(
+    tmp_path: Path, pattern: str
+) -> None:
+    data = packaged()
+    data["model"]["allow_patterns"].append(pattern)
+    with pytest.raises(WeightsError, match="safetensors, JSON and tokenizer files"):
+        load_manifest(write(tmp_path, data))
 
 
 def test_lora_patterns_pick_only_the_lora_file() -> None:

@@ -16,6 +16,7 @@ from worker_helpers import all_done, data_uri, make_job, wait_until, webhook_rec
 from core.errors import OutOfMemory
 from pipelines.fake import FakeEngine
 from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback
+from service.guard import webhook_policy
 from service.jobs import JobStatus
 from service.queue.memory import InMemoryJobQueue
 from service.storage.local import LocalArtifactStore
@@ -297,7 +298,7 @@ def test_a_job_cancelled_while_held_gets_its_webhook_when_released(
     """Claimed and prepared, waiting for the GPU, cancelled, then handed back on drain: the
     queue would complete it silently; the worker completes it and sends its webhook."""
     engine = RecordingEngine(num_steps=20, step_seconds=0.05)
-    sender = WebhookSender(attempts=3, backoff=0.05, timeout=5)
+    sender = WebhookSender(attempts=3, backoff=0.05, timeout=5, policy=webhook_policy("127.0.0.1"))
     with webhook_receiver() as (url, received):
         worker = Worker(
             lambda: engine,

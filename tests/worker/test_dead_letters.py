@@ -16,6 +16,7 @@ import pytest
 from worker_helpers import make_job, wait_until, webhook_receiver
 
 from pipelines.fake import FakeEngine
+from service.guard import webhook_policy
 from service.jobs import JobStatus
 from service.queue.redis import RedisJobQueue
 from service.storage.local import LocalArtifactStore
@@ -41,7 +42,7 @@ def test_a_dead_lettered_job_gets_its_webhook(
         )
 
     dead, live = consumer("dead-worker"), consumer("live-worker")
-    sender = WebhookSender(attempts=3, backoff=0.05, timeout=5)
+    sender = WebhookSender(attempts=3, backoff=0.05, timeout=5, policy=webhook_policy("127.0.0.1"))
     job = make_job(webhook_url=url)
     dead.submit(job)
     assert [j.id for j in dead.claim(1, 1.0)] == [job.id]  # ... and it never renews the lease

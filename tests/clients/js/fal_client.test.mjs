@@ -3,7 +3,7 @@
 // Run by tests/clients/test_js_client.py, which starts `flux2-edit serve --model tiny` over https
 // and sets:
 //   FLUX2_ORIGIN         the server, e.g. https://127.0.0.1:8443
-//   NODE_EXTRA_CA_CERTS  its self-signed certificate, so node's fetch trusts it
+//   NODE_EXTRA_CA_CERTS  the CA that signed its certificate (ca.pem), so node's fetch trusts it
 //   FLUX2_JS_MODES       optional, comma-separated subset of "middleware,proxy" (default: both)
 //
 // Every scenario runs once per way of pointing the client at a custom host (fal-protocol.md §9.2):
