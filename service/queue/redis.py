@@ -446,9 +446,11 @@ class RedisJobQueue:
             claimed, last = self._run(
                 "claim", self.consumer, max_jobs, repr(time.time()), self._lease_ms
             )
-            jobs = [job for _, fields, logs in claimed if (job := self._claimed(fields, logs))]
-            if jobs:
-                return jobs
+            if claimed:
+                jobs = [job for _, fields, logs in claimed if (job := self._claimed(fields, logs))]
+                if jobs:
+                    return jobs
+                continue  # every record claimed was unreadable (and failed): claim again
             left = deadline - time.monotonic()
             if left <= 0 or self._closed.is_set():
                 return []
@@ -594,7 +596,7 @@ class RedisJobQueue:
             job_id = _hash(flat).get("id", "?")
             logger.error("job %s: unreadable record, failed: %s", job_id, exc)
             failed = failure(UnreadableJob(f"the job record could not be read: {exc}"))
-            self.complete(job_id, failed)
+            self._run("complete", job_id, _dump(failed.to_json()), repr(time.time()), self._ttl_ms)
             return None
 
     def _create_groups(self) -> None:

@@ -15,7 +15,7 @@ from worker_helpers import all_done, data_uri, make_job, wait_until, webhook_rec
 
 from core.errors import OutOfMemory
 from pipelines.fake import FakeEngine
-from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback
+from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback, StepEvent
 from service.guard import webhook_policy
 from service.jobs import JobStatus
 from service.queue.memory import InMemoryJobQueue
@@ -89,21 +89,48 @@ def test_compatible_jobs_share_engine_calls(
     assert all(queue.view(j.id).outcome.ok for j in jobs)  # type: ignore[union-attr]
 
 
+class SteppingEngine(RecordingEngine):
+    """Runs its first batch only as far as its first step, until ``release()``."""
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)
+        self.in_first_step = threading.Event()
+        self._go = threading.Event()
+
+    def release(self) -> None:
+        self._go.set()
+
+    def run(
+        self,
+        batch: Sequence[EditRequest],
+        on_step: StepCallback | None = None,
+        should_cancel: CancelCheck | None = None,
+    ) -> list[EditResult]:
+        def gated(event: StepEvent) -> None:
+            if on_step is not None:
+                on_step(event)
+            if not self._go.is_set():
+                self.in_first_step.set()
+                assert self._go.wait(30), "the test never released the engine"
+
+        return super().run(batch, gated, should_cancel)
+
+
 def test_jobs_arriving_while_the_gpu_is_busy_join_the_next_batch(
     queue: InMemoryJobQueue, tmp_path: Path, running: dict[str, object]
 ) -> None:
-    """No window at all, yet the jobs that trickle in during a long batch run together next."""
-    engine = RecordingEngine(num_steps=4, step_seconds=0.25)
+    """No window at all, yet the jobs that come in during a batch run together next."""
+    engine = SteppingEngine(num_steps=4)
     worker = start_worker(engine, queue, tmp_path, max_batch_images=4, batch_window=0.0)
     running["worker"] = worker
     first = make_job(input={"seed": 0})
     queue.submit(first)
-    wait_until(lambda: len(engine.shapes) == 1)  # the GPU is busy with the first job
-    later = []
-    for seed in (1, 2, 3):  # far apart compared to the (zero) window
-        later.append(make_job(input={"seed": seed}))
-        queue.submit(later[-1])
-        time.sleep(0.15)
+    assert engine.in_first_step.wait(10)  # the GPU is busy with the first job
+    later = [make_job(input={"seed": seed}) for seed in (1, 2, 3)]
+    for job in later:
+        queue.submit(job)
+    wait_until(lambda: {job.id for job in later} <= worker.held)  # claimed while busy
+    engine.release()
     wait_until(all_done(queue, [first, *later]))
     assert [len(call) for call in engine.shapes] == [1, 3]
     assert engine.calls[1] == tuple(job.id for job in later)
