@@ -98,6 +98,12 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     add("--out", type=Path, help="result JSON (default loadtest-<time>.json)")
     add("--html", type=Path, help="HTML report (default: beside --out, .html)")
     add("--no-html", action="store_true", help="write no HTML report")
+    add(
+        "--compare",
+        type=Path,
+        metavar="RESULT",
+        help="then print this run side by side with an earlier result file (A = that file)",
+    )
 
 
 def _source(args: argparse.Namespace) -> RequestSource:
@@ -199,11 +205,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     written = [out]
     if not args.no_html:
         html = args.html or out.with_suffix(".html")
+        html.parent.mkdir(parents=True, exist_ok=True)
         html.write_text(report.render(loaded))
         written.append(html)
     print(_summary_text(loaded))
     for path in written:
         print(f"wrote {path}")
+    if args.compare is not None:
+        try:
+            print("\n" + compare.render(results.load(args.compare), loaded))
+        except ValueError as exc:
+            print(f"cannot compare: {exc}", file=sys.stderr)
     if result.interrupted:
         print("interrupted: the report holds the requests made so far", file=sys.stderr)
         return 130
@@ -249,6 +261,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
     html = args.html or args.result.with_suffix(".html")
+    html.parent.mkdir(parents=True, exist_ok=True)
     html.write_text(report.render(loaded))
     print(f"wrote {html}")
     return 0

@@ -29,7 +29,7 @@ thead th { background: #f4f4f4; }
 svg { background: #fcfcfc; border: 1px solid #e4e4e4; }
 .axis text, .line text { font-size: 11px; fill: #555; }
 .axis line, .axis path { stroke: #999; }
-.sample.ok { fill: #264653; fill-opacity: 0.7; } .sample.error { fill: #d62828; }
+.ok { fill: #264653; fill-opacity: 0.7; } .error { fill: #d62828; }
 .bar { fill: #457b9d; }
 pre { background: #f6f6f6; padding: 8px; overflow-x: auto; font-size: 12px; }
 """
@@ -111,9 +111,9 @@ def latency_chart(samples: list[Sample], start_s: float, summary: dict[str, Any]
                 f"{name} {value:.3f} s</text></g>"
             )
     parts.append(
-        f'<g class="line"><circle class="sample ok" cx="{PAD_L + 12}" cy="{PAD_T + 8}" r="3.5"/>'
+        f'<g class="line"><circle class="key ok" cx="{PAD_L + 12}" cy="{PAD_T + 8}" r="3.5"/>'
         f'<text x="{PAD_L + 20}" y="{PAD_T + 12}">ok</text>'
-        f'<circle class="sample error" cx="{PAD_L + 48}" cy="{PAD_T + 8}" r="3.5"/>'
+        f'<circle class="key error" cx="{PAD_L + 48}" cy="{PAD_T + 8}" r="3.5"/>'
         f'<text x="{PAD_L + 56}" y="{PAD_T + 12}">error</text></g>'
     )
     for x, y, outcome in points:
