@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import threading
 from collections import deque
@@ -89,11 +90,18 @@ class StubServer:
 
 
 @contextmanager
-def running_stub() -> Iterator[StubServer]:
+def running_stub(certs: Path | None = None) -> Iterator[StubServer]:
+    """The stub on a free port; over https with ``certs`` (from ``flux2-edit cert``)."""
     stub = StubServer()
     server = ThreadingHTTPServer(("127.0.0.1", 0), stub.handler())
     server.daemon_threads = True
-    stub.origin = f"http://127.0.0.1:{server.server_address[1]}"
+    scheme = "http"
+    if certs is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certs / "cert.pem", certs / "key.pem")
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        scheme = "https"
+    stub.origin = f"{scheme}://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from loadtest_helpers import Reply, StubServer, loadtest, read_result
+from loadtest_helpers import Reply, StubServer, loadtest, read_result, running_stub
 
 from benchmarks.common import flux2_edit_command
 
@@ -112,3 +112,25 @@ def test_report_redraws_the_html_of_a_result(stub: StubServer, tmp_path: Path) -
     assert redrawn.returncode == 0, redrawn.stderr
     html = (tmp_path / "out" / "report.html").read_text()
     assert "<h1>Load test: stub run</h1>" in html and 'id="percentiles"' in html
+
+
+def test_an_https_target_with_a_self_signed_certificate(tmp_path: Path) -> None:
+    """The hosted service's scheme: https, verified against SSL_CERT_FILE, the same code path."""
+    certs = tmp_path / "certs"
+    made = subprocess.run(
+        [*flux2_edit_command(), "cert", "--out", str(certs)],
+        timeout=60,
+        capture_output=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    with running_stub(certs) as stub:
+        assert stub.origin.startswith("https://")
+        done = loadtest(
+            ["run", "--target", stub.origin, "--requests", "2", "--out", "tls.json"],
+            cwd=tmp_path,
+            env={"SSL_CERT_FILE": str(certs / "cert.pem")},
+        )
+        assert done.returncode == 0, done.stderr
+        assert read_result(tmp_path / "tls.json")["summary"]["ok"] == 2
+        assert stub.served == 3  # the warm-up and two measured requests, over TLS
