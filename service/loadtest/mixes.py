@@ -13,8 +13,9 @@ name           endpoint                     input
 
 References are drawn deterministically with PIL (gradients and shapes, different per index) and
 sent as ``data:`` PNG URIs, so nothing is uploaded first. They compress well (about 20 KB each),
-so uploads are lighter than with photos: a request file with your own images measures that. Prompts cycle through a fixed list and
-request *i* gets seed ``seed + i``, so two runs send the same requests in the same order.
+so uploads are lighter than with photos: a request file with your own images measures that.
+Prompts cycle through a fixed list and request *i* gets seed ``seed + i``, so two runs send the
+same requests in the same order.
 
 A request file holds one JSON object per line: either an input (sent to ``--endpoint``) or
 ``{"endpoint": "...", "input": {...}}``. Its lines are sent in order, round and round.
