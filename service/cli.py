@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify = weight_commands.add_parser("verify", help="check a checkpoint against the manifest")
     verify.add_argument("dir", type=Path)
     verify.set_defaults(handler=_cmd_weights_verify)
+
+    from service.loadtest.cli import add_loadtest_parser
+
+    add_loadtest_parser(commands)
     return parser
 
 
