@@ -39,7 +39,9 @@ system-deps:
 demo: install
 	$(VENV)/bin/flux2-edit serve --model tiny --host 127.0.0.1 --port 8000
 
-test: install
+# The Debian packages the suites need (redis-server, chromium) are installed first when this runs
+# as root; otherwise their tests are skipped, and the summary at the end says which and why.
+test: install system-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint: install

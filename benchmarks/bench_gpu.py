@@ -8,9 +8,9 @@ Usage::
 Without a CUDA device it prints ``skipped: no CUDA device``, writes ``{"skipped": true, ...}``
 plus the analytic FLOPs per step (which need no GPU), and exits 0.
 
-On a GPU, no weights are needed: latency does not depend on weight values, so every model is
-built from its real configuration (``flux2-diffusers.md`` §4) on the ``meta`` device, cast to
-bfloat16, materialised with ``to_empty(device="cuda")`` and filled with random values.
+On a GPU, no weights are needed: latency does not depend on weight values, so every model is built
+from its real configuration (``docs/reference/flux2-diffusers.md`` §4) on the ``meta`` device, cast
+to bfloat16, materialised with ``to_empty(device="cuda")`` and filled with random values.
 
 * **Transformer** (``Flux2Transformer2DModel``, 32.2 B parameters, 64.4 GB bf16): seconds per
   denoising step, i.e. one forward pass with the token counts of a 1024² edit: 512 text tokens,

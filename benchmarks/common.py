@@ -36,24 +36,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from service.loadtest.stats import percentile as percentile  # one implementation for both
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BASE_PACKAGES = ("torch", "diffusers", "transformers", "numpy", "pillow")
 
 
 # -- statistics ------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100), interpolating linearly between closest ranks."""
-    if not values:
-        raise ValueError("percentile of no values")
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile {q} is outside 0..100")
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * q / 100
-    low, high = math.floor(position), math.ceil(position)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def summarize(values: Sequence[float], digits: int = 4) -> dict[str, float]:
@@ -346,9 +336,18 @@ def flux2_edit_command() -> list[str]:
 
 @dataclass(frozen=True)
 class Server:
+    """A running server: its origin (``http(s)://127.0.0.1:PORT``), process id and log; with
+    TLS, ``ca`` is the certificate authority clients must trust (``flux2-edit cert``)."""
+
     origin: str
     pid: int
     log: Path
+    ca: Path | None = None
+
+    @property
+    def host_port(self) -> str:
+        """``127.0.0.1:PORT``: what the Python fal client's ``FAL_RUN_HOST`` wants."""
+        return self.origin.split("://", 1)[1]
 
 
 class ServerFailed(RuntimeError):
@@ -390,35 +389,53 @@ def wait_until_ready(
 
 @contextmanager
 def tiny_server(
-    root: Path, settings: Mapping[str, str], *, ready_timeout: float = 300.0
+    root: Path,
+    settings: Mapping[str, str],
+    *,
+    ready_timeout: float = 300.0,
+    tls: bool = False,
 ) -> Iterator[Server]:
     """Run ``flux2-edit serve --model tiny`` on a free loopback port until the block ends.
 
-    The server gets this environment minus every ``FLUX2_*`` variable, plus ``settings``
-    (``FLUX2_*`` names) and ``FLUX2_CACHE_DIR=root/cache`` unless ``settings`` names one, so it
-    never touches the user's cache or another run's port. Waits for ``/ready`` (the worker has
-    loaded the model and run its warm-up edit).
+    The one way the benchmarks and the tests start a real server. It gets this environment
+    minus every ``FLUX2_*`` variable, plus ``settings`` (``FLUX2_*`` names) and
+    ``FLUX2_CACHE_DIR=root/cache`` unless ``settings`` names one, so it never touches the user's
+    cache or another run's port. With ``tls`` it serves https with a certificate from
+    ``flux2-edit cert`` (the CA is ``Server.ca``). Waits for ``/ready`` (the worker has loaded
+    the model and run its warm-up edit).
     """
-
     root.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX2_")}
     env["FLUX2_CACHE_DIR"] = str(root / "cache")
     env.update(settings)
+    tls_args: list[str] = []
+    ca = None
+    if tls:
+        certs = root / "certs"
+        subprocess.run([*flux2_edit_command(), "cert", "--out", str(certs)], check=True, timeout=60)
+        tls_args = [
+            "--ssl-certfile",
+            str(certs / "cert.pem"),
+            "--ssl-keyfile",
+            str(certs / "key.pem"),
+        ]
+        ca = certs / "ca.pem"
     port = free_port()
     log = root / f"server-{port}.log"
     with log.open("w") as log_file:
         process = subprocess.Popen(
             [*flux2_edit_command(), "serve", "--model", "tiny", "--host", "127.0.0.1"]
-            + ["--port", str(port)],
+            + ["--port", str(port), *tls_args],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=REPO_ROOT,
         )
-    origin = f"http://127.0.0.1:{port}"
+    origin = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else True
     try:
-        wait_until_ready(process, origin, log, timeout=ready_timeout)
-        yield Server(origin=origin, pid=process.pid, log=log)
+        wait_until_ready(process, origin, log, timeout=ready_timeout, verify=verify)
+        yield Server(origin=origin, pid=process.pid, log=log, ca=ca)
     finally:
         process.terminate()
         try:

@@ -8,7 +8,7 @@ arithmetic that unit tests drive with made-up GPU sizes.
 
 ``resident``
     Transformer, text encoder and VAE on the GPU. FLUX.2 [dev] in bf16 is 64.45 + 48.0 + 0.17
-    = 112.6 GB of weights (``docs/flux2-diffusers.md`` §4): an H200 (141 GB) holds it, an
+    = 112.6 GB of weights (``docs/reference/flux2-diffusers.md`` §4): an H200 (141 GB) holds it, an
     80 GB H100 does not.
 ``offload_text_encoder``
     Transformer and VAE on the GPU; the text encoder stays on the CPU. A prompt the embedding

@@ -1,9 +1,10 @@
 """Offline NSFW safety checkers: the seam, the opennsfw default, an HF-directory option, fakes.
 
-Policy (``safety-and-scaleout.md`` A6): the checker runs on CPU, never downloads anything, and
-fails closed: if the configured model cannot load, ``load()`` raises and the worker must refuse
-to start (``setup_failed``); there is no silent fallback to ``none``. A flagged image is replaced
-by a black image of the same size and the list length is kept (fal's ``has_nsfw_concepts``).
+Policy (``docs/reference/safety-and-scaleout.md`` A6): the checker runs on CPU, never downloads
+anything, and fails closed: if the configured model cannot load, ``load()`` raises and the worker
+must refuse to start (``setup_failed``); there is no silent fallback to ``none``. A flagged image is
+replaced by a black image of the same size and the list length is kept (fal's
+``has_nsfw_concepts``).
 
 Checkers, by the name the settings use (:func:`make_safety_checker`):
 
@@ -12,7 +13,9 @@ Checkers, by the name the settings use (:func:`make_safety_checker`):
 - ``hf-image-classifier``: a local ``transformers`` image-classification directory (e.g.
   Falconsai/nsfw_image_detection), loaded with ``local_files_only=True``.
 - ``none``: checks nothing and flags nothing (explicit opt-out; logs a warning on load).
-- ``always``: flags everything; for tests of the flagged path only.
+
+Tests of the flagged path build :class:`AlwaysFlagChecker` (and :class:`NeverFlagChecker`)
+directly: they are no choice a deployment can make.
 
 Neither torch nor onnxruntime is imported here at module level: each real checker imports its
 backend in ``load()``.
@@ -30,11 +33,11 @@ from typing import Any, Protocol, runtime_checkable
 from PIL import Image
 
 from core.errors import ConfigError, GenerationFailed, WeightsError
+from pipelines.options import SAFETY_CHECKERS  # the names make_safety_checker builds
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SAFETY_CHECKER = "opennsfw"
-SAFETY_CHECKERS = ("opennsfw", "hf-image-classifier", "none", "always")
 DEFAULT_THRESHOLD = 0.5
 
 OPENNSFW_MODEL_FILENAME = "open-nsfw.onnx"
@@ -411,6 +414,4 @@ def make_safety_checker(
         raise ConfigError(f"safety checker {name!r} takes no model directory (got {model_dir})")
     if name == "opennsfw":
         return OpenNSFWChecker(threshold, threads)
-    if name == "always":
-        return AlwaysFlagChecker()
     return NoneChecker()

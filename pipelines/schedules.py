@@ -2,9 +2,9 @@
 
 The default, ``turbo``, is the published recipe of fal's ``FLUX.2-dev-Turbo`` LoRA: 8 steps with
 "pre-shifted" sigmas, passed *together with* ``num_inference_steps=8`` and guidance 2.5. diffusers
-re-shifts custom sigmas with ``mu`` computed from ``num_inference_steps`` (flux2-diffusers.md
-§2.4), so leaving ``num_inference_steps`` out would change the schedule: we copy the recipe's call
-exactly.
+re-shifts custom sigmas with ``mu`` computed from ``num_inference_steps``
+(docs/reference/flux2-diffusers.md §2.4), so leaving ``num_inference_steps`` out would change the
+schedule: we copy the recipe's call exactly.
 
 A schedule can also be given as text (``FLUX2_SCHEDULE``): a name from :data:`SCHEDULES`, or
 comma-separated sigmas such as ``1.0,0.6,0.3,0.05`` (strictly decreasing, in (0, 1]), which

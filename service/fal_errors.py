@@ -1,4 +1,4 @@
-"""Rendering our errors in fal's shapes (fal-protocol.md §12), once, for every path.
+"""Rendering our errors in fal's shapes (docs/reference/fal-protocol.md §12), once, for every path.
 
 The HTTP error handlers use these bodies directly; finished jobs get them through
 :mod:`service.outcomes`.

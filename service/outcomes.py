@@ -1,9 +1,9 @@
 """Every way a job ends, built in one place: the :class:`~service.jobs.Outcome` of each.
 
-An outcome is what a finished job answers with (its result's HTTP status, headers and body) and
-what its status, webhook and metrics say. The bodies are fal's (fal-protocol.md §12), rendered by
-:mod:`service.fal_errors`. Queue backends, the worker stages and the routes all take their
-outcomes from here, so a given ending looks the same whichever path produced it.
+An outcome is what a finished job answers with (its result's HTTP status, headers and body) and what
+its status, webhook and metrics say. The bodies are fal's (docs/reference/fal-protocol.md §12),
+rendered by :mod:`service.fal_errors`. Queue backends, the worker stages and the routes all take
+their outcomes from here, so a given ending looks the same whichever path produced it.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """fal's ``fal-ai/flux-2/flash/edit`` schema: field names, types, defaults, ranges, descriptions.
 
 Sources: fal's llms.txt, the JS client's generated types (``Flux2FlashEditInput``,
-``Flux2FlashEditOutput``) and the fal SDK's ``ImageSize``/``Image`` (fal-protocol.md §13).
+``Flux2FlashEditOutput``) and the fal SDK's ``ImageSize``/``Image``
+(docs/reference/fal-protocol.md §13).
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ def new_job(
 
 
 def status_body(view: JobView, base: str, *, with_logs: bool, logs_from: int = 0) -> dict[str, Any]:
-    """fal's status JSON (fal-protocol.md §4.1)."""
+    """fal's status JSON (docs/reference/fal-protocol.md §4.1)."""
     urls = JobUrls.of(base, view.id)
     body: dict[str, Any] = {
         "status": view.status.value,

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def webhook_payload(request_id: str, outcome: Outcome) -> dict[str, Any]:
-    """The body fal sends to ``fal_webhook`` (fal-protocol.md §11)."""
+    """The body fal sends to ``fal_webhook`` (docs/reference/fal-protocol.md §11)."""
     payload: dict[str, Any] = {
         "request_id": request_id,
         "gateway_request_id": request_id,

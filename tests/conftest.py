@@ -67,3 +67,25 @@ def _pong(port: int) -> bool:
             return conn.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> Iterator[None]:
+    """At the very end (after pytest's own short summary), which suites skipped tests and why:
+    a missing system package, most often (``make test`` installs them when it runs as root;
+    ``make system-deps`` says how otherwise)."""
+    yield
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    counts: dict[tuple[str, str], int] = {}
+    for report in skipped:
+        path = str(report.location[0]) if getattr(report, "location", None) else str(report.nodeid)
+        suite = "/".join(Path(path).parts[:2])
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        counts[(suite, reason)] = counts.get((suite, reason), 0) + 1
+    terminalreporter.section("skipped suites")
+    for (suite, reason), count in sorted(counts.items()):
+        terminalreporter.write_line(f"{suite}: {count} skipped: {reason}")

@@ -4,9 +4,9 @@ The checkpoint has the real diffusers folder layout and the real component class
 (``Flux2Transformer2DModel``, ``Mistral3ForConditionalGeneration``, ``PixtralProcessor``,
 ``AutoencoderKLFlux2``, ``FlowMatchEulerDiscreteScheduler``) with tiny widths, so that the real
 ``Flux2Pipeline`` runs on a CPU in a fraction of a second. It is the recipe of
-``docs/flux2-diffusers.md`` §7: every module seeded with ``torch.manual_seed(0)``, a BPE tokenizer
-trained in-process with the Tekken special tokens at their real ids, and a Mistral-Small-3.1-style
-chat template. Two builds give byte-identical weight files.
+``docs/reference/flux2-diffusers.md`` §7: every module seeded with ``torch.manual_seed(0)``, a BPE
+tokenizer trained in-process with the Tekken special tokens at their real ids, and a
+Mistral-Small-3.1-style chat template. Two builds give byte-identical weight files.
 
 Output is random noise; the checkpoint exists to exercise code paths, not to make pictures.
 """

@@ -1,7 +1,7 @@
 """Percentiles and the summary of a run, from its samples alone (warm-up excluded).
 
-Percentiles interpolate linearly between closest ranks (numpy's default ``linear`` method, the
-same as ``benchmarks.common.percentile``): p50 of an even count is the mean of the two middle
+Percentiles interpolate linearly between closest ranks (numpy's default ``linear`` method; the
+benchmarks use this function too): p50 of an even count is the mean of the two middle
 values. Throughput is successful requests (and their output images) per second of the measured
 window, from the start of the measured phase to the last measured completion. The error rate is
 errors over answered requests (successes plus errors); dropped and unfinished requests are

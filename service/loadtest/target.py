@@ -7,7 +7,7 @@ URLs the submit's answer carries. :func:`pointed_at` sets those two globals for 
 a run, to fal's own hosts for the hosted service or to ``<url>/`` and ``<url>/queue/`` for a
 self-hosted server, http or https. Nothing else differs between the two targets: the same
 ``SyncClient``, the same calls. (``FAL_RUN_HOST`` alone cannot do this: it is read once at
-import and the scheme is always https; see docs fal-protocol.md §9.1.)
+import and the scheme is always https; see docs/reference/fal-protocol.md §9.1.)
 
 fal-client retries some failures by itself (up to 10 attempts: transport errors, 408, 409, 429,
 ingress 5xx) and logs each retry at debug level on the ``fal_client.client`` logger.

@@ -1,6 +1,7 @@
 """The Redis Streams job queue: API nodes and GPU workers on many machines share one Redis.
 
-Key layout (``P`` = ``key_prefix``, ``M`` = ``model``); see safety-and-scaleout.md B2/B3:
+Key layout (``P`` = ``key_prefix``, ``M`` = ``model``); see
+docs/reference/safety-and-scaleout.md B2/B3:
 
 =====================  ===========  ==============================================================
 key                    type         content

@@ -1,4 +1,6 @@
-"""fal's queue protocol: submit, status, status stream, result, cancel (fal-protocol.md §3-5).
+"""fal's queue protocol: submit, status, status stream, result, cancel.
+
+See docs/reference/fal-protocol.md §3-5.
 
 Submit uses the full endpoint id; status, result and cancel are served both under the app-only
 form ``/queue/fal-ai/flux-2/requests/{id}…`` and the sub-path form

@@ -2,7 +2,7 @@
 
 The scenarios live in ``tests/clients/js/fal_client.test.mjs`` (node's built-in test runner); this
 wrapper installs the pinned client from ``package-lock.json`` when ``node_modules`` is missing, then
-runs them once per way of pointing the client at our host (fal-protocol.md §9.2): a
+runs them once per way of pointing the client at our host (docs/reference/fal-protocol.md §9.2): a
 ``requestMiddleware`` that rewrites the fal URLs, and ``proxyUrl`` with ``x-fal-target-url``.
 """
 

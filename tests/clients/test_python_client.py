@@ -1,9 +1,9 @@
 """The official, unmodified Python ``fal_client`` against a real ``flux2-edit serve --model tiny``.
 
-The client is configured as fal-protocol.md §9.1 says (``FAL_RUN_HOST``, ``FAL_QUEUE_RUN_HOST``,
-``SSL_CERT_FILE``, a dummy ``FAL_KEY``). It reads the hosts at import time and ``SSL_CERT_FILE``
-changes TLS for the whole process, so every scenario runs in a fresh Python subprocess that prints
-its findings as JSON; the assertions live here, in the test process.
+The client is configured as docs/reference/fal-protocol.md §9.1 says (``FAL_RUN_HOST``,
+``FAL_QUEUE_RUN_HOST``, ``SSL_CERT_FILE``, a dummy ``FAL_KEY``). It reads the hosts at import time
+and ``SSL_CERT_FILE`` changes TLS for the whole process, so every scenario runs in a fresh Python
+subprocess that prints its findings as JSON; the assertions live here, in the test process.
 """
 
 from __future__ import annotations

@@ -9,31 +9,23 @@ Screenshots go to ``tests/e2e/artifacts/`` (git-ignored; ``E2E_ARTIFACTS_DIR`` m
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from e2e_helpers import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     FakeServerFactory,
     Server,
     running_fake_server,
     running_tiny_server,
 )
 
+from tests.helpers.browser import launched_chromium
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
-
-
-def _missing(message: str) -> NoReturn:
-    """CI must not skip silently; a developer machine without the browser skips."""
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +48,8 @@ def fake_server(tmp_path: Path) -> FakeServerFactory:
 @pytest.fixture(scope="module")  # torn down with its module: its event loop must not outlive it
 def browser() -> Iterator[Browser]:
     """Debian's headless Chromium, launched by Playwright's bundled driver."""
-    if not CHROMIUM.exists():
-        _missing(f"{CHROMIUM} not found: run 'make system-deps' (Debian package chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright is not installed: run 'make install' (the dev extra pins it)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launched_chromium() as launched:
+        yield launched
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -13,20 +12,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from benchmarks.common import flux2_edit_command, free_port, wait_until_ready
+from benchmarks.common import tiny_server
 from tests.helpers.services import fake_components, serving
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 FakeServerFactory = Callable[..., AbstractContextManager["Server"]]
 ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS_DIR") or Path(__file__).parent / "artifacts")
 
@@ -39,34 +27,11 @@ class Server:
 
 @contextmanager
 def running_tiny_server(root: Path) -> Iterator[Server]:
-    """``flux2-edit serve --model tiny`` over http on a free port, as ``make demo`` runs it.
-
-    The same recipe as tests/clients/conftest.py: references resized to ~128x128 so a CPU edit
-    takes a fraction of a second.
-    """
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX2_")}
-    env.update(
-        FLUX2_CACHE_DIR=str(root / "cache"),
-        FLUX2_REFERENCE_PIXELS=str(128 * 128),
-        FLUX2_LOG_LEVEL="info",
-    )
-    log = root / "server.log"
-    command = [*flux2_edit_command(), "serve", "--model", "tiny",
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    with log.open("w") as log_file:
-        process = subprocess.Popen(command, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    origin = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(process, origin, log, timeout=180)
-        yield Server(origin=origin, log=log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    """``flux2-edit serve --model tiny`` over http on a free port, as ``make demo`` runs it,
+    with references resized to ~128x128 so a CPU edit takes a fraction of a second."""
+    settings = {"FLUX2_REFERENCE_PIXELS": str(128 * 128), "FLUX2_LOG_LEVEL": "info"}
+    with tiny_server(root, settings, ready_timeout=180) as server:
+        yield Server(origin=server.origin, log=server.log)
 
 
 @contextmanager

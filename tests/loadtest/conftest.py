@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 import pytest
 from loadtest_helpers import StubServer, running_stub
 
 from benchmarks.common import Server, tiny_server
+from tests.helpers.browser import launched_chromium
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser
-
-CHROMIUM = Path("/usr/bin/chromium")
-# The flags tests/e2e uses on these machines (no sandbox in containers, no GPU, no network).
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture
@@ -45,27 +31,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield running
 
 
-def _missing(message: str) -> NoReturn:
-    """CI must not skip silently; a developer machine without the browser skips."""
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """Debian's headless Chromium driven by Playwright (never ``playwright install``)."""
-    if not CHROMIUM.exists():
-        _missing(f"{CHROMIUM} not found: run 'make system-deps' (Debian package chromium)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright is not installed: run 'make install' (the dev extra pins it)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
+    """Debian's headless Chromium driven by Playwright (tests/helpers/browser.py)."""
+    with launched_chromium() as launched:
+        yield launched

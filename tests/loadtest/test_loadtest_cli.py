@@ -114,8 +114,9 @@ def test_report_redraws_the_html_of_a_result(stub: StubServer, tmp_path: Path) -
     assert "<h1>Load test: stub run</h1>" in html and 'id="percentiles"' in html
 
 
-def test_an_https_target_with_a_self_signed_certificate(tmp_path: Path) -> None:
-    """The hosted service's scheme: https, verified against SSL_CERT_FILE, the same code path."""
+def test_an_https_target_with_a_local_ca(tmp_path: Path) -> None:
+    """The hosted service's scheme: https, verified against SSL_CERT_FILE (the CA of
+    ``flux2-edit cert``), the same code path."""
     certs = tmp_path / "certs"
     made = subprocess.run(
         [*flux2_edit_command(), "cert", "--out", str(certs)],
@@ -129,7 +130,7 @@ def test_an_https_target_with_a_self_signed_certificate(tmp_path: Path) -> None:
         done = loadtest(
             ["run", "--target", stub.origin, "--requests", "2", "--out", "tls.json"],
             cwd=tmp_path,
-            env={"SSL_CERT_FILE": str(certs / "cert.pem")},
+            env={"SSL_CERT_FILE": str(certs / "ca.pem")},
         )
         assert done.returncode == 0, done.stderr
         assert read_result(tmp_path / "tls.json")["summary"]["ok"] == 2

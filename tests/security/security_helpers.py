@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import struct
 import threading
@@ -23,20 +22,19 @@ from service.bootstrap import build_app
 from service.inputs import FetchPolicy
 from service.jobs import JobStatus
 from service.queue.memory import InMemoryJobQueue
-from service.schema import APP_ID, ENDPOINT_ID
 from service.settings import Settings
 from service.storage.local import LocalArtifactStore
 from service.worker import Worker
+from tests.helpers.fal import RUN_PATH, SUBMIT_PATH, request_path
+from tests.helpers.images import data_uri
 from tests.helpers.services import fake_components
 
-RUN_PATH = f"/{ENDPOINT_ID}"
-SUBMIT_PATH = f"/queue/{ENDPOINT_ID}"
-
-
-def request_path(request_id: str, suffix: str = "", *, subpath: bool = False) -> str:
-    """The queue URLs of a request: ``/queue/<app>/requests/<id><suffix>``."""
-    prefix = ENDPOINT_ID if subpath else APP_ID
-    return f"/queue/{prefix}/requests/{request_id}{suffix}"
+__all__ = [  # shared helpers, re-exported for the tests of this package
+    "RUN_PATH",
+    "SUBMIT_PATH",
+    "data_uri",
+    "request_path",
+]
 
 
 # -- files ------------------------------------------------------------------------------------
@@ -46,10 +44,6 @@ def encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **options)
     return buffer.getvalue()
-
-
-def data_uri(data: bytes, media_type: str = "image/png") -> str:
-    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -1,103 +1,55 @@
-"""Helpers (not fixtures) for the in-process HTTP tests: paths, bodies, images, waiting, servers."""
+"""Helpers (not fixtures) for the in-process HTTP tests: bodies, the service, an engine gate.
+
+The helpers every test package shares (paths, images, waiting, a webhook receiver) live in
+``tests/helpers`` and are re-exported here."""
 
 from __future__ import annotations
 
-import base64
-import io
-import json
-import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
-from PIL import Image
 from starlette.testclient import TestClient
 
+from benchmarks.common import free_port
 from pipelines.fake import FakeEngine
 from service.queue.memory import InMemoryJobQueue
-from service.schema import APP_ID, ENDPOINT_ID
 from service.storage.local import LocalArtifactStore
 from service.worker import Worker
+from tests.helpers.fal import RUN_PATH, SUBMIT_PATH, parse_sse, request_path
+from tests.helpers.images import data_uri, png_bytes
+from tests.helpers.jobs import edit_input_body
+from tests.helpers.waiting import wait_for
+from tests.helpers.webhooks import Receiver, webhook_server
 
-T = TypeVar("T")
+__all__ = [  # shared helpers, re-exported for the tests of this package
+    "RUN_PATH",
+    "SUBMIT_PATH",
+    "EngineGate",
+    "MakeService",
+    "Receiver",
+    "Service",
+    "data_uri",
+    "edit_body",
+    "free_port",
+    "parse_sse",
+    "png_bytes",
+    "request_path",
+    "step_messages",
+    "wait_for",
+    "webhook_server",
+]
 
-RUN_PATH = f"/{ENDPOINT_ID}"  # sync run
-SUBMIT_PATH = f"/queue/{ENDPOINT_ID}"  # queue submit
 LOG_KEYS = {"message", "level", "source", "timestamp"}
 STATUS_ORDER = {"IN_QUEUE": 0, "IN_PROGRESS": 1, "COMPLETED": 2}
 
 
-def request_path(request_id: str, suffix: str = "", *, subpath: bool = False) -> str:
-    """``/queue/fal-ai/flux-2/requests/<id><suffix>`` (or the ``flash/edit`` sub-path form)."""
-    prefix = ENDPOINT_ID if subpath else APP_ID
-    return f"/queue/{prefix}/requests/{request_id}{suffix}"
-
-
-def png_bytes(
-    width: int = 64, height: int = 64, colour: tuple[int, int, int] = (200, 40, 40)
-) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def data_uri(data: bytes | None = None, media_type: str = "image/png") -> str:
-    payload = png_bytes() if data is None else data
-    return f"data:{media_type};base64,{base64.b64encode(payload).decode()}"
-
-
 def edit_body(**overrides: Any) -> dict[str, Any]:
-    """A small valid input: one 64x64 PNG reference, a 512x512 output, a fixed seed."""
-    body: dict[str, Any] = {
-        "prompt": "make it #FF5733",
-        "image_urls": [data_uri()],
-        "image_size": "square",
-        "seed": 7,
-    }
-    body.update(overrides)
-    return body
-
-
-def wait_for(
-    predicate: Callable[[], T | None],
-    timeout: float = 10.0,
-    what: str = "condition",
-    interval: float = 0.01,
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; return that value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s (last: {value!r})")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def parse_sse(text: str) -> list[dict[str, Any]]:
-    """The JSON of every ``data:`` event in a ``text/event-stream`` body."""
-    events = []
-    for block in text.split("\n\n"):
-        data = [
-            line[len("data:") :].strip() for line in block.splitlines() if line.startswith("data:")
-        ]
-        if data:
-            events.append(json.loads("\n".join(data)))
-    return events
+    """A small valid input: one 64x64 PNG reference, a 512x512 output, seed 7."""
+    return edit_input_body(**{"seed": 7, **overrides})
 
 
 class EngineGate:
@@ -179,59 +131,6 @@ class Service:
 
 def step_messages(logs: list[dict[str, Any]]) -> list[str]:
     return [entry["message"] for entry in logs if entry["message"].startswith("step ")]
-
-
-# -- a webhook receiver ---------------------------------------------------------------------------
-
-
-@dataclass
-class Receiver:
-    """What a test HTTP server received; answers with ``codes`` in turn, then 200."""
-
-    url: str
-    codes: list[int] = field(default_factory=list)
-    bodies: list[Any] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.bodies)
-
-
-@contextmanager
-def webhook_server(codes: list[int] | None = None) -> Iterator[Receiver]:
-    """A real ``http.server`` on 127.0.0.1 in a thread, recording every POST."""
-    receiver = Receiver(url="", codes=list(codes or []))
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            length = int(self.headers.get("content-length") or 0)
-            raw = self.rfile.read(length)
-            with receiver.lock:
-                receiver.bodies.append(json.loads(raw))
-                receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
-                code = receiver.codes.pop(0) if receiver.codes else 200
-            self.send_response(code)
-            self.send_header("content-length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-    )
-    thread.start()
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
-    try:
-        yield receiver
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 MakeService = Callable[..., Service]

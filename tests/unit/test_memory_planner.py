@@ -23,8 +23,9 @@ from pipelines.memory import (
     plan,
 )
 
-# FLUX.2 [dev] in bf16 (docs/flux2-diffusers.md §4); fp8 and encode-only sizes are the §2.8/§5
-# figures (an fp8 transformer ~32.3 GB, the text encoder without layers 31+/lm_head/vision 35.8).
+# FLUX.2 [dev] in bf16 (docs/reference/flux2-diffusers.md §4); fp8 and encode-only sizes are the
+# §2.8/§5 figures (an fp8 transformer ~32.3 GB, the text encoder without layers 31+/lm_head/vision
+# 35.8).
 REAL = ComponentSizes(
     transformer=64_450_000_000,
     text_encoder=48_000_000_000,

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from service.jobs import Job, JobStatus
 from service.queue.memory import InMemoryJobQueue
 from tests.helpers.images import png_data_uri as data_uri
 from tests.helpers.jobs import make_job
+from tests.helpers.webhooks import webhook_server
 
 __all__ = [
     "all_done",
@@ -42,25 +40,6 @@ def all_done(queue: InMemoryJobQueue, jobs: list[Job]) -> Callable[[], bool]:
 
 @contextmanager
 def webhook_receiver() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """A loopback HTTP server recording the JSON body of every POST: (its URL, the bodies)."""
-    received: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(200)
-            self.send_header("content-length", "0")
-            self.end_headers()
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            return None
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02})
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    """A loopback receiver recording the JSON body of every POST: (its URL, the bodies)."""
+    with webhook_server() as receiver:
+        yield receiver.url, receiver.bodies
