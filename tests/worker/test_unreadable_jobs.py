@@ -66,10 +66,10 @@ def test_a_redis_job_with_an_unreadable_input_fails_cleanly(
     queue.submit(broken)
     queue.submit(fine)
     # Another version wrote it: the prompt is a number now, and a field the schema lacks.
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    record = json.loads(client.hget(f"{prefix}req:{broken.id}", "job"))  # type: ignore[arg-type]
-    record["input"]["prompt"] = 42
-    client.hset(f"{prefix}req:{broken.id}", "job", json.dumps(record))
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        record = json.loads(client.hget(f"{prefix}req:{broken.id}", "job"))  # type: ignore[arg-type]
+        record["input"]["prompt"] = 42
+        client.hset(f"{prefix}req:{broken.id}", "job", json.dumps(record))
     worker = start(queue, tmp_path, sender)
     try:
         wait_until(all_done(queue, [broken, fine]))  # type: ignore[arg-type]
@@ -95,8 +95,8 @@ def test_a_redis_record_that_is_not_json_is_failed_by_the_queue(
     broken, fine = make_job(), make_job()
     queue.submit(broken)
     queue.submit(fine)
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    client.hset(f"{prefix}req:{broken.id}", "job", "{not json")
+    with redis.Redis.from_url(redis_url, decode_responses=True) as client:
+        client.hset(f"{prefix}req:{broken.id}", "job", "{not json")
     worker = start(queue, tmp_path, sender)
     try:
         wait_until(all_done(queue, [broken, fine]))  # type: ignore[arg-type]
