@@ -22,7 +22,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import Flux2Error, QueueFull, Unauthorized
+from core.errors import Flux2Error, QueueFull, QueueUnavailable, Unauthorized
 from service.auth import ApiKeys
 from service.fal_errors import error_body, pydantic_problems
 from service.job_access import AsyncJobs
@@ -82,6 +82,7 @@ def create_app(
         try:
             yield
         finally:
+            app.state.flux2.jobs.close()
             if worker is not None:
                 worker.stop()
             queue.close()
@@ -153,7 +154,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Flux2Error)
     async def on_flux2_error(request: Request, exc: Flux2Error) -> JSONResponse:
         headers = {"X-Fal-Error-Type": exc.code}
-        if isinstance(exc, QueueFull):
+        if isinstance(exc, QueueFull | QueueUnavailable):
             headers["Retry-After"] = "5"
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = "Key"

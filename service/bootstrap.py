@@ -108,6 +108,7 @@ def worker_options(settings: Settings, role: Role) -> WorkerOptions:
         max_batch_images=settings.batching.max_batch_images,
         batch_window=settings.batching.batch_window_ms / 1000,
         reference_pixels=settings.engine.reference_pixels,
+        warmup=settings.engine.warmup,
         fail_jobs_when_broken=role is Role.SERVE,
         # With Redis other workers may be idle: a busy one takes the next batch's jobs only in
         # its last steps (enough to prepare them before the GPU is free).
@@ -178,6 +179,7 @@ def build(
             name=consumer_name(role),
             safety_factory=safety,
             metrics=metrics,
+            model=settings.engine.model,
         )
     metrics.bind(queue=queue, worker=worker)
     return Components(settings, role, queue, store, webhooks, metrics, worker)

@@ -192,6 +192,30 @@ class Reaped:
 
 
 @dataclass(frozen=True)
+class WorkerInfo:
+    """A worker as it announces itself (every few seconds) so API nodes know who is alive.
+
+    ``state`` is the worker's :class:`~service.status.WorkerState` value (``starting`` while the
+    model loads, ``ready``, ``busy``, ``draining``, ...); ``seen_at`` is the unix time of the
+    announcement.
+    """
+
+    name: str
+    state: str
+    model: str | None = None
+    host: str = ""
+    pid: int = 0
+    seen_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WorkerInfo:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
 class JobView:
     """What the status endpoint needs, read in one go."""
 

@@ -117,6 +117,12 @@ class EngineSettings(_Group):
         description="false: requests with enable_prompt_expansion get 422, and the text "
         "encoder is trimmed to the 31 layers prompt encoding reads (48 -> 36 GB).",
     )
+    warmup: bool = Field(
+        default=True,
+        description="Run warm-up edits (a small one, then fal's default 1024² request) before "
+        "reporting ready, so the first request does not pay for lazy initialisation; false "
+        "starts faster (development, tests).",
+    )
 
     @field_validator("schedule")
     @classmethod
