@@ -160,9 +160,10 @@ class AsyncJobs:
     # -- the change feed ---------------------------------------------------------------------
 
     def _follow_changes(self) -> None:
-        """Subscribe to the queue's changes, once, from the event loop that serves the app."""
+        """Subscribe to the queue's changes (once), delivered to the event loop that serves the
+        app: the running one (a test client may run each request on a loop of its own)."""
+        self._loop = asyncio.get_running_loop()
         if self._unsubscribe is None:
-            self._loop = asyncio.get_running_loop()
             self._unsubscribe = self.queue.watch(self._changed)
 
     def _changed(self, key: str) -> None:

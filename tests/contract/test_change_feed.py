@@ -139,9 +139,22 @@ class CountingQueue:
 
 
 def test_waiting_clients_read_their_job_only_when_it_changes(
-    nodes: tuple[JobQueue, JobQueue], tmp_path: object
+    nodes: tuple[JobQueue, JobQueue],
+    tmp_path: object,
+    backend: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     api, worker = nodes
+
+    def subscribed() -> bool:
+        """Whether the API node's change feed has subscribed (always, in memory)."""
+        if backend == "memory":
+            return True
+        import redis
+
+        with redis.Redis.from_url(str(request.getfixturevalue("redis_url"))) as client:
+            return bool(client.pubsub_numsub(api.channel)[0][1] >= 1)  # type: ignore[attr-defined]
+
     counting = CountingQueue(api)
     jobs = AsyncJobs(counting, LocalArtifactStore(tmp_path))  # type: ignore[arg-type]
     ids = [f"wait-{n}" for n in range(20)]
@@ -157,8 +170,19 @@ def test_waiting_clients_read_their_job_only_when_it_changes(
             return time.monotonic()
 
         waiters = [asyncio.create_task(wait_until_done(job_id)) for job_id in ids]
-        await asyncio.sleep(0.5)  # the feed subscribes; every waiter reads its job once
-        assert jobs.waiting == len(ids)
+        # Settle: every waiter read its job, the feed subscribed (its RESYNC: one read more).
+        deadline = time.monotonic() + 30
+        while True:
+            before = counting.views
+            await asyncio.sleep(0.5)
+            if (
+                jobs.waiting == len(ids)
+                and counting.views >= len(ids)
+                and counting.views == before
+                and subscribed()
+            ):
+                break
+            assert time.monotonic() < deadline, "the waiters never settled"
         before = counting.views
         await asyncio.sleep(1.5)  # nothing changes: nobody reads
         assert counting.views == before
@@ -180,7 +204,8 @@ def test_idle_waiters_cost_redis_nothing(redis_url: str, key_prefix: str, idle: 
     from service.queue.redis import RedisJobQueue
 
     queue = RedisJobQueue(redis_url, consumer="api", key_prefix=key_prefix)
-    jobs = AsyncJobs(queue, LocalArtifactStore("/nonexistent"))  # type: ignore[arg-type]
+    counting = CountingQueue(queue)
+    jobs = AsyncJobs(counting, LocalArtifactStore("/nonexistent"))  # type: ignore[arg-type]
     ids = [f"idle-{n}" for n in range(100)]
     for job_id in ids:
         queue.submit(make_job(job_id))
@@ -189,17 +214,33 @@ def test_idle_waiters_cost_redis_nothing(redis_url: str, key_prefix: str, idle: 
     def processed() -> int:
         return int(client.info("stats")["total_commands_processed"])
 
+    first_reads = 0
+
+    async def settled() -> None:
+        """Every waiter read its job, the feed subscribed (its RESYNC makes them read again),
+        and the reads stopped: what follows is the idle state."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            subscribed = client.pubsub_numsub(queue.channel)[0][1] >= 1
+            before = counting.views
+            await asyncio.sleep(0.5)
+            if subscribed and first_reads == len(ids) and counting.views == before:
+                return
+        raise AssertionError("the waiters never settled")
+
     async def scenario() -> int:
         stop = asyncio.Event()
 
         async def wait(job_id: str) -> None:
+            nonlocal first_reads
             async with jobs.watching(job_id) as watch:
                 view = await watch.next(None, timeout=10)
+                first_reads += 1
                 while not stop.is_set():
                     view = await watch.next(view, timeout=0.2)
 
         waiters = [asyncio.create_task(wait(job_id)) for job_id in ids]
-        await asyncio.sleep(0.5)
+        await settled()
         start = processed()
         await asyncio.sleep(idle)
         commands = processed() - start - 2  # the two INFO calls themselves
