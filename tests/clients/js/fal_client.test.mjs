@@ -329,7 +329,7 @@ for (const mode of MODES) {
         Array.from({ length: 8 }, (_, k) => `step ${k + 1}/8`),
       );
       const stream = sent.find((request) =>
-        (mode === "proxy" ? request.headers["x-fal-target-url"] : request.url).includes(
+        (request.headers["x-fal-target-url"] ?? request.url).includes(
           `/requests/${enqueued}/status/stream`,
         ),
       );
