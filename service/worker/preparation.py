@@ -116,6 +116,7 @@ class Preparer:
             num_images=fal_input.num_images,
             guidance_scale=fal_input.guidance_scale,
             enable_prompt_expansion=fal_input.enable_prompt_expansion,
+            previews=job.previews,
         )
         # Resized here, on a prepare thread, so the GPU thread does not spend its time on it;
         # raises InvalidRequest for a reference the engine cannot use.

@@ -40,6 +40,7 @@ from service.worker.housekeeping import Housekeeping
 from service.worker.outages import OutageTolerantQueue, OutageTolerantStore, Retrier
 from service.worker.policy import BatchPolicy
 from service.worker.preparation import Preparer
+from service.worker.previews import PreviewWriter
 from service.worker.scheduler import Scheduler
 from service.worker.screening import SafetyGate
 from service.worker.state import Handoff, HeldJobs, MetricsLink, Prepared, Signals
@@ -161,6 +162,7 @@ class Worker:
             policy=policy,
             warmup=options.warmup,
             name=name,
+            previews=PreviewWriter(queue, store),
         )
         self._housekeeping = Housekeeping(
             queue,
