@@ -34,6 +34,7 @@ from service.queue.base import JobQueue
 from service.routes import files as files_routes
 from service.routes import health as health_routes
 from service.routes import metrics as metrics_routes
+from service.routes import openai as openai_routes
 from service.routes import playground as playground_routes
 from service.routes import queue as queue_routes
 from service.routes import run as run_routes
@@ -124,6 +125,7 @@ def create_app(
     app.include_router(metrics_routes.router)
     app.include_router(playground_routes.router)
     app.include_router(storage_routes.router)
+    app.include_router(openai_routes.router)
     _add_error_handlers(app)
     _add_input_schema(app)
     app.add_middleware(UnexpectedErrorMiddleware)  # innermost: its 500 still gets CORS and ids
