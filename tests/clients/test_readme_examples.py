@@ -87,7 +87,8 @@ def test_openai_examples(http_server: Any, workdir: Path, marker: str) -> None:
         # 512 text tokens, the 128x96 reference fed at 144x96 (the test server's reference
         # pixels: 128²) in 16x16 patches, and a 1024² output
         assert int(out.split()[0]) == 512 + 9 * 6 + 64 * 64
-        assert Image.open(workdir / "out.png").size == (1024, 1024)
+        with Image.open(workdir / "out.png") as written:
+            assert written.size == (1024, 1024)
     else:
         # size=auto: the reference's 4:3 at about 1 MP; previews a quarter of that
         assert out.strip().split("\n") == [
