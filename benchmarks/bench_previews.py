@@ -100,7 +100,7 @@ def measure_previews(repeats: int) -> tuple[list[dict[str, Any]], dict[str, Any]
                         previews=count,
                     )
                     began = time.perf_counter()
-                    engine.run([request])
+                    engine.run([request], on_step=lambda event: None)  # as the worker does
                     times[count].append(time.perf_counter() - began)
         finally:
             previews.render = original
