@@ -6,13 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from openai_helpers import ALICE, BOB, LIMITS
 
 from pipelines.safety import AlwaysFlagChecker
 from tests.helpers.services import fake_components, serving
-
-ALICE, BOB = "alice-key", "bob-key"
-#: Small limits, so the hostile-input tests stay cheap: 3 MB bodies, 1 MB images.
-LIMITS = {"max_body_bytes": 3 * 1024 * 1024, "fetch_max_bytes": 1024 * 1024}
 
 
 @pytest.fixture(scope="module")

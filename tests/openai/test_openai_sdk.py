@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from conftest import ALICE, BOB
 from openai import OpenAI
 from openai.types import ImageEditCompletedEvent, ImageEditPartialImageEvent, ImagesResponse
+from openai_helpers import ALICE, BOB
 from PIL import Image
 
 from tests.helpers.images import png_bytes
