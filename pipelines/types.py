@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from PIL import Image
@@ -17,6 +17,7 @@ MIN_GUIDANCE = 0.0
 MAX_GUIDANCE = 20.0
 MAX_SEED = 2**63 - 1  # image k uses seed + k: still a valid generator seed
 MIN_OUTPUT_SIDE = 64  # the engine's own floor; the HTTP schema applies fal's 512..2048
+MAX_PREVIEWS = 3  # partial images one request may ask for (OpenAI's partial_images: 0..3)
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class EditRequest:
     #: The reference pixel target ``images`` are already resized for (RGB, at their reference
     #: sizes), or None when the engine still has to resize them.
     prepared_for: int | None = None
+    #: Previews wanted: cheap pictures of the current estimate of the first output image, at
+    #: the steps :func:`preview_steps` picks (0: none, and no work spent on them).
+    previews: int = 0
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -126,6 +130,12 @@ def check_fields(request: EditRequest) -> None:
                 ctx={"ge": MIN_OUTPUT_SIDE},
                 input=getattr(request.size, side),
             )
+    if not 0 <= request.previews <= MAX_PREVIEWS:
+        raise InvalidRequest(
+            f"previews must be between 0 and {MAX_PREVIEWS}",
+            loc=("body", "previews"),
+            input=request.previews,
+        )
     if not 0 <= request.seed <= MAX_SEED:
         raise InvalidRequest(
             "seed must be a non-negative 63-bit integer",
@@ -134,13 +144,58 @@ def check_fields(request: EditRequest) -> None:
         )
 
 
+def preview_steps(total: int, count: int) -> tuple[int, ...]:
+    """The steps (1..total-1) after which ``count`` previews are made: spread evenly, never the
+    last step (the final image comes then). 8 steps: 1 preview after step 4, 2 after 3 and 5, 3
+    after 2, 4 and 6."""
+    if total < 2 or count < 1:
+        return ()
+    return tuple(sorted({min(total - 1, max(1, round(k * total / (count + 1)))) for k in
+                         range(1, count + 1)}))  # fmt: skip
+
+
+def preview_plan(requests: Sequence[EditRequest], total: int) -> dict[int, list[tuple[int, int]]]:
+    """``{step: [(request index, preview index), ...]}`` for the requests of a batch that want
+    previews; empty (and nothing to do) when none does."""
+    plan: dict[int, list[tuple[int, int]]] = {}
+    for j, request in enumerate(requests):
+        for k, step in enumerate(preview_steps(total, request.previews)):
+            plan.setdefault(step, []).append((j, k))
+    return plan
+
+
+def preview_size(size: ImageSize) -> tuple[int, int]:
+    """The size of a preview of an output of ``size``: a quarter of each side."""
+    return max(16, size.width // 4), max(16, size.height // 4)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A cheap picture of where a request's first output image is heading, mid-run.
+
+    ``index`` counts a request's previews from 0; ``image`` is small (a fraction of the output
+    size: see the engine) and RGB.
+    """
+
+    request_id: str
+    index: int
+    step: int
+    total: int
+    image: Image.Image
+
+
 @dataclass(frozen=True)
 class StepEvent:
-    """Progress of one denoising step of a batch; ``step`` counts from 1 to ``total``."""
+    """Progress of one denoising step of a batch; ``step`` counts from 1 to ``total``.
+
+    ``previews`` holds the previews made after this step for the requests that asked for one
+    now (usually none).
+    """
 
     step: int
     total: int
     request_ids: tuple[str, ...]
+    previews: tuple[Preview, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,16 @@ from service.queue.base import JobQueue
 from service.routes import files as files_routes
 from service.routes import health as health_routes
 from service.routes import metrics as metrics_routes
+from service.routes import openai as openai_routes
 from service.routes import playground as playground_routes
 from service.routes import queue as queue_routes
 from service.routes import run as run_routes
+from service.routes import storage as storage_routes
 from service.schema import openapi_components
 from service.settings import Settings
 from service.status import WorkerHandle
 from service.storage.base import ArtifactStore
+from service.uploads import Uploads, UploadSigner
 from service.webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
@@ -56,6 +59,8 @@ class AppState:
     webhooks: WebhookSender | None
     keys: ApiKeys
     metrics: Metrics
+    uploads: Uploads
+    upload_signer: UploadSigner
 
 
 def create_app(
@@ -66,8 +71,11 @@ def create_app(
     worker: WorkerHandle | None = None,
     webhooks: WebhookSender | None = None,
     metrics: Metrics | None = None,
+    uploads: ArtifactStore | None = None,
 ) -> FastAPI:
     """The HTTP app. ``worker`` (if any) is started and stopped with the app.
+
+    ``uploads`` is the store of files clients upload (the bootstrap's; None: the output store).
 
     ``metrics`` (made here when None) is served at ``/metrics``; give an embedded worker the
     same one (the bootstrap does) so its job metrics appear there too.
@@ -102,6 +110,13 @@ def create_app(
         webhooks=webhooks,
         keys=ApiKeys(settings.http.api_keys),
         metrics=metrics,
+        uploads=Uploads(
+            uploads if uploads is not None else store,
+            max_bytes=settings.storage.upload_max_bytes,
+        ),
+        upload_signer=UploadSigner.from_setting(
+            secret.get_secret_value() if (secret := settings.storage.upload_secret) else None
+        ),
     )
     app.include_router(run_routes.router)
     app.include_router(queue_routes.router)
@@ -109,6 +124,8 @@ def create_app(
     app.include_router(health_routes.router)
     app.include_router(metrics_routes.router)
     app.include_router(playground_routes.router)
+    app.include_router(storage_routes.router)
+    app.include_router(openai_routes.router)
     _add_error_handlers(app)
     _add_input_schema(app)
     app.add_middleware(UnexpectedErrorMiddleware)  # innermost: its 500 still gets CORS and ids

@@ -116,6 +116,8 @@ class Job:
     cancel_requested: bool = False
     deliveries: int = 0  # how many times a worker claimed it (crash recovery counts up)
     owner: str | None = None  # fingerprint of the API key that submitted it
+    previews: int = 0  # step previews wanted (0..3): service/previews.py
+    output_compression: int | None = None  # JPEG/WebP quality asked for (OpenAI); None: ours
     input_error: str | None = None  # why a stored input could not be parsed back (not stored)
 
     @property

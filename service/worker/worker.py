@@ -32,6 +32,7 @@ from service.metrics import Metrics
 from service.queue.base import JobQueue
 from service.status import WorkerState
 from service.storage.base import ArtifactStore
+from service.uploads import Uploads
 from service.webhooks import WebhookSender
 from service.worker.finishing import Finisher
 from service.worker.gpu import GpuLoop
@@ -39,6 +40,7 @@ from service.worker.housekeeping import Housekeeping
 from service.worker.outages import OutageTolerantQueue, OutageTolerantStore, Retrier
 from service.worker.policy import BatchPolicy
 from service.worker.preparation import Preparer
+from service.worker.previews import PreviewWriter
 from service.worker.scheduler import Scheduler
 from service.worker.screening import SafetyGate
 from service.worker.state import Handoff, HeldJobs, MetricsLink, Prepared, Signals
@@ -109,6 +111,7 @@ class Worker:
         safety_factory: Callable[[], SafetyChecker] | None = None,
         metrics: Metrics | None = None,
         model: str | None = None,
+        uploads: ArtifactStore | None = None,
     ) -> None:
         self.name = name  # shown in job logs: which worker ran it
         self.model = model  # announced with the worker's state
@@ -145,6 +148,7 @@ class Worker:
             fetch_policy=options.fetch_policy,
             reference_pixels=options.reference_pixels,
             threads=options.prepare_threads,
+            uploads=Uploads(uploads if uploads is not None else store),
         )
         self._gpu = GpuLoop(
             engine_factory,
@@ -158,6 +162,7 @@ class Worker:
             policy=policy,
             warmup=options.warmup,
             name=name,
+            previews=PreviewWriter(queue, store),
         )
         self._housekeeping = Housekeeping(
             queue,
