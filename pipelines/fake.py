@@ -120,10 +120,19 @@ def _expand(prompt: str) -> str:
 
 
 def _draw(request: EditRequest, prompt: str, seed: int) -> Image.Image:
-    digest = hashlib.sha256(f"{prompt}\0{seed}".encode()).digest()
+    # Outputs depend on what the real engine's would: the regime, steps and adapters too (the
+    # default regime keeps the digest of the flash edit, so recorded outputs stay the same).
+    recipe = (
+        ""
+        if (request.regime, request.steps, request.loras) == ("turbo", None, ())
+        else f"\0{request.regime}\0{request.steps}\0"
+        + ",".join(f"{lora.name}:{lora.scale:g}" for lora in request.loras)
+    )
+    digest = hashlib.sha256(f"{prompt}\0{seed}{recipe}".encode()).digest()
     image = Image.new("RGB", (request.size.width, request.size.height), tuple(digest[:3]))
-    reference = request.images[0].convert("RGB").resize((request.size.width // 2,) * 2)
-    image.paste(reference, (request.size.width // 4, request.size.height // 4))
+    if request.images:  # text-to-image requests have none
+        reference = request.images[0].convert("RGB").resize((request.size.width // 2,) * 2)
+        image.paste(reference, (request.size.width // 4, request.size.height // 4))
     ImageDraw.Draw(image).rectangle(
         (0, 0, request.size.width - 1, 7), fill=(digest[3], digest[4], digest[5])
     )

@@ -193,6 +193,6 @@ def test_an_unusable_reference_is_refused_before_any_step(engine: EditEngine) ->
 def test_requests_check_their_own_fields() -> None:
     """What engines trust: a request out of range cannot be made at all."""
     valid = edit("r")
-    for change in ({"num_images": 5}, {"guidance_scale": 21.0}, {"prompt": " "}, {"images": ()}):
+    for change in ({"num_images": 5}, {"guidance_scale": 21.0}, {"prompt": " "}, {"steps": 51}):
         with pytest.raises(InvalidRequest):
             dataclasses.replace(valid, **change)  # type: ignore[arg-type]
