@@ -22,12 +22,14 @@ unchanged, so a batch without adapters computes what the plain model computes, b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import threading
+import warnings
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,6 +175,15 @@ def _metadata(header: dict[str, object]) -> dict[str, Any] | None:
     return value
 
 
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """PEFT warns when a second adapter joins a model and when the active one is deleted: both
+    are this cache's design (activation is always set explicitly afterwards)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"peft(\..*)?")
+        yield
+
+
 def _invalid(message: str) -> InvalidRequest:
     return InvalidRequest(message, type="value_error")
 
@@ -279,14 +290,8 @@ class AdapterCache:
             if name not in keep:
                 self._evict(name)
         try:
-            self.pipe.load_lora_into_transformer(
-                loaded.state_dict,
-                transformer=self.pipe.transformer,
-                adapter_name=lora.name,
-                metadata=loaded.metadata,
-                _pipeline=self.pipe,
-                low_cpu_mem_usage=True,
-            )
+            with _quiet_peft():
+                self._load(lora.name, loaded)
         except Exception as error:
             self._forget(lora.name)
             raise GenerationFailed(f"cannot load LoRA {lora.path.name}: {error}") from error
@@ -302,6 +307,15 @@ class AdapterCache:
             size / 1e6,
         )
 
+    def _load(self, name: str, loaded: LoraFile) -> None:
+        self.pipe.load_lora_into_transformer(
+            loaded.state_dict,
+            transformer=self.pipe.transformer,
+            adapter_name=name,
+            metadata=loaded.metadata,
+            _pipeline=self.pipe,
+        )
+
     def _evict(self, name: str) -> None:
         self._loaded.pop(name, None)
         self._forget(name)
@@ -311,7 +325,8 @@ class AdapterCache:
         """Delete adapter ``name`` from the transformer if any of it is there."""
         self._active = None
         if name in self._adapter_names():
-            self.pipe.delete_adapters(name)
+            with _quiet_peft():
+                self.pipe.delete_adapters(name)
 
     def _adapter_names(self) -> set[str]:
         listed = self.pipe.get_list_adapters()
