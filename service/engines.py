@@ -48,6 +48,7 @@ def engine_config(engine: EngineSettings, model_path: Path) -> Flux2EngineConfig
         schedule=parse_schedule(engine.schedule),
         reference_pixels=engine.reference_pixels,
         prompt_cache_bytes=engine.prompt_cache_mb * 1024 * 1024,
+        adapter_cache_bytes=engine.adapter_cache_mb * 1024 * 1024,
         memory_profile=engine.memory_profile,
         attention_backend=engine.attention_backend,
         fuse_qkv=engine.fuse_qkv,
