@@ -72,6 +72,7 @@ from pipelines.types import (
     EditRequest,
     EditResult,
     Preview,
+    Regime,
     StepCallback,
     StepEvent,
     preview_plan,
@@ -97,9 +98,14 @@ class Flux2EngineConfig:
         model_path: a local diffusers-layout checkpoint directory (never a hub id).
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16``, ``float16``.
-        lora_path: optional distilled LoRA file (e.g. ``flux.2-turbo-lora.safetensors``), fused
-            into the transformer at load time and then unloaded.
-        lora_scale: the fused LoRA's weight.
+        lora_path: the Turbo LoRA file (``flux.2-turbo-lora.safetensors``); None: the one
+            ``flux2-edit weights download`` put beside the model, if any
+            (:mod:`pipelines.regimes`). Fused at load time when ``regimes`` is ``{"turbo"}``,
+            else kept as an adapter switched on for turbo batches.
+        lora_scale: the Turbo LoRA's weight.
+        regimes: the denoising regimes served (``turbo``, ``base``); requests of another are
+            refused. On real weights ``turbo`` needs the Turbo LoRA.
+        adapter_cache_bytes: device memory for request LoRAs kept loaded between batches.
         schedule: the flash step schedule.
         reference_pixels: reference images are resized to about this many pixels.
         expansion_temperature: sampling temperature of prompt expansion.
@@ -127,6 +133,8 @@ class Flux2EngineConfig:
     dtype: str = "auto"
     lora_path: Path | None = None
     lora_scale: float = 1.0
+    regimes: frozenset[Regime] = frozenset({"turbo", "base"})
+    adapter_cache_bytes: int = 2 * 1024 * 1024 * 1024
     schedule: FlashSchedule = field(default_factory=lambda: SCHEDULES["turbo"])
     reference_pixels: int = REFERENCE_PIXELS
     expansion_temperature: float = 0.15
