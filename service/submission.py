@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from core.errors import InvalidRequest
+from service import strict_json
 from service.auth import ApiKeys
 from service.endpoints import DEFAULT_ENDPOINT, Endpoint, EndpointInput
 from service.guard import check_webhook_url
@@ -44,22 +45,46 @@ def base_url(request: Request, settings: Settings) -> str:
 
 
 async def read_json_body(request: Request) -> Any:
-    """The request body as JSON; malformed JSON is fal's 422 ``json_invalid``."""
+    """The request body as strict JSON (:mod:`service.strict_json`); anything else is fal's 422.
+
+    The body is read as JSON whatever its Content-Type says: the official clients send
+    ``application/json``, and ``curl -d '{...}'`` (``application/x-www-form-urlencoded``)
+    works too. A body that is not JSON is fal's 422 ``json_invalid``, whose message names a
+    Content-Type that is not JSON's.
+    """
     raw = await request.body()
-    try:
-        return json.loads(raw or b"null")
-    except ValueError as exc:
+    if not raw.strip():
         raise RequestValidationError(
-            [
-                {
-                    "type": "json_invalid",
-                    "loc": ("body", 0),
-                    "msg": f"JSON decode error: {exc}",
-                    "input": {},
-                    "ctx": {"error": str(exc)},
-                }
-            ]
-        ) from exc
+            [{"type": "missing", "loc": ("body",), "msg": "Field required"}]
+        )
+    try:
+        return strict_json.loads(raw)
+    except strict_json.InvalidJson as exc:
+        reason = exc.reason
+        content_type = request.headers.get("content-type", "")
+        if content_type and not _is_json_media_type(content_type):
+            reason += f" (the body must be JSON, not {content_type[:100]!r})"
+        raise _json_invalid(f"JSON decode error: {reason}", reason, exc.position) from None
+
+
+def _is_json_media_type(content_type: str) -> bool:
+    kind, _, subtype = content_type.partition(";")[0].strip().lower().partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def _json_invalid(msg: str, reason: str, position: int | None = None) -> RequestValidationError:
+    """FastAPI's 422 for a body that is not JSON; ``loc`` is ``["body", <character offset>]``."""
+    return RequestValidationError(
+        [
+            {
+                "type": "json_invalid",
+                "loc": ("body", position or 0),
+                "msg": msg,
+                "input": {},
+                "ctx": {"error": reason},
+            }
+        ]
+    )
 
 
 def body_errors(errors: Any) -> RequestValidationError:
@@ -105,13 +130,16 @@ def new_job(
     timeout_header = request.headers.get("x-fal-request-timeout")
     if timeout_header:
         try:
-            deadline = time.time() + float(timeout_header)
+            seconds = float(timeout_header)
+            if not math.isfinite(seconds):
+                raise ValueError(timeout_header)
         except ValueError:
             raise InvalidRequest(
-                "X-Fal-Request-Timeout must be a number of seconds",
+                "X-Fal-Request-Timeout must be a finite number of seconds",
                 loc=("header", "x-fal-request-timeout"),
                 input=timeout_header,
             ) from None
+        deadline = time.time() + seconds
     errors = None
     parsed: EndpointInput | None = None
     try:  # the one validation of the input: the job carries the typed value from here on

@@ -385,13 +385,15 @@ def test_start_timeout(make_service: MakeService) -> None:
     assert svc.result(in_time).status_code == 200
 
 
-def test_bad_start_timeout(service: Service) -> None:
+@pytest.mark.parametrize("value", ["soon", "nan", "inf", "-Infinity", "1e400"])
+def test_bad_start_timeout(service: Service, value: str) -> None:
     response = service.client.post(
-        SUBMIT_PATH, json=edit_body(), headers={"X-Fal-Request-Timeout": "soon"}
+        SUBMIT_PATH, json=edit_body(), headers={"X-Fal-Request-Timeout": value}
     )
     assert response.status_code == 422
     [problem] = _problems(response.json())
     assert problem["loc"] == ["header", "x-fal-request-timeout"]
+    assert problem["input"] == value
 
 
 def test_not_found_body_for_queue_routes(service: Service) -> None:
