@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from service.guard import check_webhook_url
 from service.jobs import Job, JobStatus, JobView, Outcome, Priority
 from service.schema import APP_ID
 from service.settings import Settings
+
+HEADER_SAFE_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,15 @@ def outcome_response(outcome: Outcome, request_id: str) -> JSONResponse:
     if outcome.error_type:
         headers["X-Fal-Error-Type"] = outcome.error_type
     return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
+
+
+def request_id_header(request_id: str) -> dict[str, str]:
+    """``x-fal-request-id`` for an id taken from the URL, when it can be a header value as it
+    is (up to 128 visible ASCII characters: a job's ids are UUIDs); ``{}`` otherwise, and the
+    request id middleware gives the response one of its own."""
+    if HEADER_SAFE_ID.fullmatch(request_id):
+        return {"x-fal-request-id": request_id}
+    return {}
 
 
 def logs_wanted(value: str | None) -> bool:

@@ -28,6 +28,7 @@ from service.submission import (
     new_job,
     outcome_response,
     read_json_body,
+    request_id_header,
     require_key,
     status_body,
     visible_view,
@@ -79,7 +80,7 @@ def _not_found(request_id: str) -> JSONResponse:
     return JSONResponse(
         {"status": "NOT_FOUND", "detail": f"Request {request_id} not found"},
         status_code=404,
-        headers={"x-fal-request-id": request_id, "x-fal-billable-units": "0"},
+        headers={**request_id_header(request_id), "x-fal-billable-units": "0"},
     )
 
 
