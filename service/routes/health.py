@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from service.openapi import READY_RESPONSES
+
 router = APIRouter(tags=["health"])
 
 
@@ -13,7 +15,12 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", operation_id="ready", summary="Readiness, with the worker's state")
+@router.get(
+    "/ready",
+    operation_id="ready",
+    summary="Readiness, with the worker's state",
+    responses=READY_RESPONSES,
+)
 async def ready(request: Request) -> JSONResponse:
     worker = request.app.state.flux2.worker
     if worker is None:  # an API node: the workers are elsewhere

@@ -19,8 +19,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from service.endpoints import DEFAULT_ENDPOINT
 from service.jobs import CancelOutcome, JobStatus, JobView
+from service.openapi import (
+    CANCEL_RESPONSES,
+    RESULT_RESPONSES,
+    STATUS_RESPONSES,
+    STATUS_STREAM_RESPONSES,
+    SUBMIT_EXTRA,
+    SUBMIT_RESPONSES,
+)
 from service.outcomes import invalid_input
-from service.schema import INPUT_BODY_SCHEMA
 from service.submission import (
     JobUrls,
     base_url,
@@ -48,9 +55,10 @@ def _state(request: Request) -> Any:
 
 @router.post(
     f"/{DEFAULT_ENDPOINT.id}",
-    openapi_extra=INPUT_BODY_SCHEMA,
+    openapi_extra=SUBMIT_EXTRA,
     operation_id="submit",
     summary="Submit an edit to the queue",
+    responses=SUBMIT_RESPONSES,
 )
 async def submit(request: Request) -> JSONResponse:
     state = _state(request)
@@ -175,6 +183,7 @@ for _prefix, _suffix in ((DEFAULT_ENDPOINT.app_id, ""), (DEFAULT_ENDPOINT.id, "_
         methods=["GET"],
         operation_id=f"status{_suffix}",
         summary="Queue status (202 while queued or running, 200 once completed)",
+        responses=STATUS_RESPONSES,
     )
     router.add_api_route(
         f"{_base}/status/stream",
@@ -182,6 +191,8 @@ for _prefix, _suffix in ((DEFAULT_ENDPOINT.app_id, ""), (DEFAULT_ENDPOINT.id, "_
         methods=["GET"],
         operation_id=f"status_stream{_suffix}",
         summary="Queue status as server-sent events; closes after COMPLETED",
+        response_class=StreamingResponse,
+        responses=STATUS_STREAM_RESPONSES,
     )
     router.add_api_route(
         _base,
@@ -189,7 +200,7 @@ for _prefix, _suffix in ((DEFAULT_ENDPOINT.app_id, ""), (DEFAULT_ENDPOINT.id, "_
         methods=["GET"],
         operation_id=f"result{_suffix}",
         summary="Queue result: the model's output, or its error",
-        responses={200: {"model": DEFAULT_ENDPOINT.output_model}},
+        responses=RESULT_RESPONSES,
     )
     router.add_api_route(
         f"{_base}/cancel",
@@ -197,4 +208,6 @@ for _prefix, _suffix in ((DEFAULT_ENDPOINT.app_id, ""), (DEFAULT_ENDPOINT.id, "_
         methods=["PUT"],
         operation_id=f"cancel{_suffix}",
         summary="Cancel a request",
+        status_code=202,
+        responses=CANCEL_RESPONSES,
     )
