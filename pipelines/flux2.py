@@ -53,6 +53,7 @@ from core.errors import (
     OutOfMemory,
     WeightsError,
 )
+from pipelines import previews
 from pipelines.memory import (
     ENCODE_ONLY_TEXT_LAYERS,
     ComponentSizes,
@@ -66,7 +67,15 @@ from pipelines.prompt_cache import CacheStats, PromptEmbeddingCache
 from pipelines.references import resize_reference
 from pipelines.schedules import SCHEDULES, FlashSchedule
 from pipelines.sizes import DEFAULT_PRESET, PRESETS, REFERENCE_PIXELS, ImageSize
-from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback, StepEvent
+from pipelines.types import (
+    CancelCheck,
+    EditRequest,
+    EditResult,
+    Preview,
+    StepCallback,
+    StepEvent,
+    preview_plan,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -471,16 +480,21 @@ class Flux2Engine:
         mu = compute_empirical_mu(image_seq_len=latents.shape[1], num_steps=steps)
         timesteps, steps = retrieve_timesteps(pipe.scheduler, steps, device, sigmas=sigmas, mu=mu)
 
-        # 7. Denoising loop, dropping cancelled requests before every step.
+        # 7. Denoising loop, dropping cancelled requests before every step (and making the
+        #    previews asked for, if any: pipelines/previews.py).
         mark = time.perf_counter()
         alive = set(range(len(requests)))
+        due = preview_plan(requests, steps)
         pipe.scheduler.set_begin_index(0)
         try:
             for i, t in enumerate(timesteps):
                 alive = self._still_wanted(requests, alive, should_cancel, rows)
+                before = rows.latents
                 rows.latents = self._step(pipe, rows, t)
                 if on_step is not None:
-                    on_step(StepEvent(i + 1, steps, tuple(requests[j].request_id for j in alive)))
+                    shown = self._previews(requests, alive, rows, before, i, due) if due else ()
+                    ids = tuple(requests[j].request_id for j in alive)
+                    on_step(StepEvent(i + 1, steps, ids, shown))
             alive = self._still_wanted(requests, alive, should_cancel, rows)
         except _Cancelled:
             alive = set()
@@ -589,6 +603,40 @@ class Flux2Engine:
             raise _Cancelled
         rows.keep(wanted)
         return wanted
+
+    def _previews(
+        self,
+        requests: list[EditRequest],
+        alive: set[int],
+        rows: _Rows,
+        before: torch.Tensor,
+        index: int,
+        due: dict[int, list[tuple[int, int]]],
+    ) -> tuple[Preview, ...]:
+        """The previews due after step ``index`` (0-based): the x0 estimate of the first row of
+        each request that wants one now, drawn by :func:`pipelines.previews.render`."""
+        wanted = [(j, k) for j, k in due.get(index + 1, ()) if j in alive]
+        if not wanted:
+            return ()
+        picked = torch.tensor([rows.owners.index(j) for j, _ in wanted], device=before.device)
+        sigmas = self.pipe.scheduler.sigmas
+        x0 = previews.x0_estimate(
+            before.index_select(0, picked),
+            rows.latents.index_select(0, picked),
+            float(sigmas[index]),
+            float(sigmas[index + 1]),
+        )
+        total = len(sigmas) - 1
+        images = previews.render(
+            self.pipe,
+            x0,
+            rows.latent_ids.index_select(0, picked),
+            [requests[j].size for j, _ in wanted],
+        )
+        return tuple(
+            Preview(requests[j].request_id, k, index + 1, total, image)
+            for (j, k), image in zip(wanted, images, strict=True)
+        )
 
     @staticmethod
     def _step(pipe: Flux2Pipeline, rows: _Rows, t: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ from service.queue.base import JobQueue
 from service.status import WorkerState
 from service.worker.finishing import Finisher
 from service.worker.policy import BatchPolicy
+from service.worker.previews import PreviewWriter
 from service.worker.screening import SafetyGate
 from service.worker.state import (
     Handoff,
@@ -53,6 +54,7 @@ class GpuLoop:
         policy: BatchPolicy,
         warmup: bool = True,
         name: str = "worker",
+        previews: PreviewWriter | None = None,
     ) -> None:
         self.engine_factory = engine_factory
         self.queue = queue
@@ -65,6 +67,7 @@ class GpuLoop:
         self.policy = policy
         self.warmup = warmup
         self.name = name
+        self.previews = previews
         self.state = WorkerState.STARTING
         self.error: str | None = None
         self.engine: EditEngine | None = None
@@ -127,6 +130,7 @@ class GpuLoop:
             )
         metrics = self.link.metrics
         timer = metrics.step_timer() if metrics is not None else None
+        items = {item.job.id: item for item in batch}
 
         def on_step(event: StepEvent) -> None:
             if timer is not None:
@@ -136,6 +140,8 @@ class GpuLoop:
             self.queue.heartbeat(sorted(self.held.snapshot()))
             for request_id in event.request_ids:
                 self.queue.log(request_id, LogEntry(f"step {event.step}/{event.total}"))
+            if event.previews and self.previews is not None:
+                self.previews.publish(event.previews, items)
 
         self.engine_calls += 1
         if metrics is not None:
