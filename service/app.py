@@ -155,13 +155,17 @@ def _complete_openapi(app: FastAPI) -> None:
     model (routes validate it by hand, after the key), error bodies, 401 with keys, headers."""
     build = app.openapi
     state: AppState = app.state.flux2
-    protected = {
-        route.operation_id
-        for router in ROUTERS
-        if any(depends.dependency is require_key for depends in router.dependencies)
-        for route in router.routes
-        if isinstance(route, APIRoute) and route.operation_id
-    }
+    protected = (
+        {
+            route.operation_id
+            for router in ROUTERS
+            if any(depends.dependency is require_key for depends in router.dependencies)
+            for route in router.routes
+            if isinstance(route, APIRoute) and route.operation_id
+        }
+        | storage_routes.KEYED
+        | openai_routes.KEYED
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -194,6 +198,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         detail = exc.detail
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"Path {request.url.path} not found"
-        return JSONResponse(
-            status_code=exc.status_code, content={"detail": detail}, headers=exc.headers
-        )
+        content: dict[str, Any] = {"detail": detail}
+        if request.url.path.startswith("/v1/"):  # no route matched there: still OpenAI's shape
+            kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+            error = {"message": str(detail), "type": kind, "param": None, "code": None}
+            content = {"error": error}
+        return JSONResponse(status_code=exc.status_code, content=content, headers=exc.headers)

@@ -25,59 +25,36 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import SkipJsonSchema, models_json_schema
 
+from pipelines.types import MAX_PREVIEWS
+from service import openapi_openai, openapi_storage
 from service.endpoints import DEFAULT_ENDPOINT
 from service.guard import MAX_URL_LENGTH
 from service.jobs import JobStatus
+from service.openapi_errors import (
+    ERROR_TYPE_HEADER,
+    INVALID,
+    QUEUE_FULL,
+    QUEUE_UNAVAILABLE,
+    REF,
+    RETRY_AFTER,
+    SERVER_ERROR,
+    TOO_LARGE,
+    UNAUTHORIZED,
+    FalError,
+    ValidationErrors,
+    no_default,
+)
+from service.openapi_errors import error_response as _error
+from service.openapi_errors import header as _header
+from service.openapi_errors import json_response as _json
+from service.openapi_errors import optional as _optional
+from service.openapi_errors import ref as _ref
 from service.schema import openapi_components
 
-REF = "#/components/schemas/{model}"
 KEY_SCHEME = "FalKey"
 
 
-def _no_default(schema: dict[str, Any]) -> None:
-    schema.pop("default", None)
-
-
-def _optional(description: str) -> Any:
-    """A key that is absent, never null, when it does not apply."""
-    return Field(default=None, description=description, json_schema_extra=_no_default)
-
-
 # -- bodies -----------------------------------------------------------------------------------
-
-
-class ValidationProblem(BaseModel):
-    """One entry of fal's 422 list (fal-protocol.md §12.1)."""
-
-    loc: list[str | int] = Field(
-        description="Where: `['body', 'image_urls', 0]`, `['header', 'x-fal-request-timeout']`, "
-        "`['query', 'fal_webhook']`; `['body', <offset>]` for a body that is not JSON."
-    )
-    msg: str = Field(description="What is wrong, for a human.")
-    type: str = Field(
-        description="fal's error type: `json_invalid`, `missing`, `less_than_equal`, "
-        "`file_download_error`, `image_load_error`, …"
-    )
-    url: str = Field(description="`https://docs.fal.ai/errors/#<type>`")
-    ctx: dict[str, Any] | SkipJsonSchema[None] = _optional("The rule's parameters, e.g. `{le: 20}`")
-    input: Any = _optional("The offending value.")
-
-
-class ValidationErrors(BaseModel):
-    """fal's 422: the input (or a header, or the webhook URL) is invalid."""
-
-    detail: list[ValidationProblem]
-
-
-class FalError(BaseModel):
-    """fal's other errors: `{"detail": "<message>", "error_type": "<fal request error type>"}`."""
-
-    detail: str
-    error_type: str | SkipJsonSchema[None] = _optional(
-        "fal's error type, e.g. `request_too_large`, `unauthorized`, `concurrent_requests_limit`, "
-        "`client_cancelled`, `internal_server_error`, `runner_server_error`, "
-        "`request_timeout`; also sent as `X-Fal-Error-Type`."
-    )
 
 
 class QueueNotFound(BaseModel):
@@ -131,7 +108,7 @@ class QueuePending(_QueueStatusBase):
         default=None,
         ge=0,
         description="While `IN_QUEUE`: 0 is next.",
-        json_schema_extra=_no_default,
+        json_schema_extra=no_default,
     )
 
 
@@ -156,17 +133,33 @@ class AlreadyCompleted(BaseModel):
     status: Literal["ALREADY_COMPLETED"]
 
 
+class LiveWorker(BaseModel):
+    """A worker that announced itself in the shared queue lately (an API node's `/ready`)."""
+
+    name: str
+    state: str = Field(description="`loading`, `ready`, `busy`, `draining`, …")
+    model: str | None = Field(description="The checkpoint it serves.")
+    seen_seconds_ago: float = Field(ge=0)
+
+
 class Readiness(BaseModel):
-    """Whether this process serves requests, with its embedded worker's state (if any)."""
+    """Whether a request sent now would be served: the queue is reachable and a worker (the
+    embedded one, or on an API node any live worker sharing the queue) is ready."""
 
     model_config = ConfigDict(extra="allow")
 
-    status: str = Field(description="`ready` or `not_ready`")
+    status: Literal["ready", "not_ready"]
     worker: str | None = Field(
         description="The embedded worker's state (`starting`, `ready`, `busy`, `setup_failed`, "
         "`defunct`), null on an API node."
     )
-    error: str | SkipJsonSchema[None] = _optional("Why the worker is not serving.")
+    workers: list[LiveWorker] | SkipJsonSchema[None] = _optional(
+        "On an API node: the live workers sharing its queue."
+    )
+    reason: str | SkipJsonSchema[None] = _optional(
+        "Why not ready: the queue is unreachable, no live worker, none ready yet."
+    )
+    error: str | SkipJsonSchema[None] = _optional("Why the embedded worker is not serving.")
 
 
 #: Every model the responses below name, made components by :func:`complete`.
@@ -187,55 +180,6 @@ MODELS: tuple[type[BaseModel], ...] = (
 # -- responses --------------------------------------------------------------------------------
 
 
-def _ref(model: type[BaseModel]) -> dict[str, str]:
-    return {"$ref": REF.format(model=model.__name__)}
-
-
-def _header(description: str, *, required: bool = False) -> dict[str, Any]:
-    return {"description": description, "required": required, "schema": {"type": "string"}}
-
-
-ERROR_TYPE_HEADER = {"X-Fal-Error-Type": _header("fal's error type, as in the body.")}
-
-
-def _json(
-    model: type[BaseModel] | dict[str, Any],
-    description: str,
-    headers: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    schema = model if isinstance(model, dict) else _ref(model)
-    response: dict[str, Any] = {
-        "description": description,
-        "content": {"application/json": {"schema": schema}},
-    }
-    if headers:
-        response["headers"] = headers
-    return response
-
-
-def _error(description: str, **headers: dict[str, Any]) -> dict[str, Any]:
-    return _json(FalError, description, {**ERROR_TYPE_HEADER, **headers})
-
-
-INVALID = _json(
-    ValidationErrors,
-    "fal's validation error: the input, a header or the webhook URL is invalid, or the body is "
-    "not JSON (`json_invalid`).",
-    ERROR_TYPE_HEADER,
-)
-TOO_LARGE = _error("The body is larger than `FLUX2_MAX_BODY_BYTES` (`request_too_large`).")
-QUEUE_FULL = _error(
-    "Too many requests are waiting (`concurrent_requests_limit`); the fal clients retry it.",
-    **{"Retry-After": _header("Seconds to wait before trying again.", required=True)},
-)
-UNAUTHORIZED = _error(
-    "No API key, or a wrong one (`unauthorized`): send `Authorization: Key <key>`.",
-    **{"WWW-Authenticate": _header("`Key`", required=True)},
-)
-SERVER_ERROR = _error(
-    "An unexpected error (`internal_error`), or a request that failed in the engine "
-    "(`internal_server_error`) or lost its worker (`runner_disconnected`)."
-)
 NOT_FOUND = _json(QueueNotFound, "No such request (or it expired, or it is another key's).")
 
 IMAGE_PROBLEMS = (
@@ -253,8 +197,10 @@ OUTCOME_RESPONSES: dict[int | str, dict[str, Any]] = {
     499: _error("The request was cancelled (`client_cancelled`)."),
     500: SERVER_ERROR,
     503: _error(
-        "The engine ran out of memory (`runner_server_error`) or the worker cannot run "
-        "(`runner_connection_error`)."
+        "The engine ran out of memory (`runner_server_error`), the worker cannot run "
+        "(`runner_connection_error`), or the queue cannot be reached for now "
+        "(`runner_scheduling_failure`, with `Retry-After`).",
+        **{"Retry-After": _header(f"{RETRY_AFTER} (when the queue cannot be reached)")},
     ),
     504: _error(
         "The request did not start within its `X-Fal-Request-Timeout` (`request_timeout`).",
@@ -283,6 +229,14 @@ _PRIORITY_HEADER = {
     "description": "`low` requests run after every `normal` one (case-insensitive).",
     "schema": {"type": "string", "enum": ["normal", "low"], "default": "normal"},
 }
+_PREVIEWS_HEADER = {
+    "name": "X-Flux2-Previews",
+    "in": "header",
+    "required": False,
+    "description": f"Step previews wanted (0..{MAX_PREVIEWS}): each is announced in the request's "
+    "logs (`preview 1/2 (step 3/8): <url>`) as the worker makes it.",
+    "schema": {"type": "integer", "minimum": 0, "maximum": MAX_PREVIEWS, "default": 0},
+}
 _WEBHOOK_QUERY = {
     "name": "fal_webhook",
     "in": "query",
@@ -293,11 +247,11 @@ _WEBHOOK_QUERY = {
 
 RUN_EXTRA: dict[str, Any] = {
     "requestBody": _REQUEST_BODY,
-    "parameters": [_TIMEOUT_HEADER, _PRIORITY_HEADER],
+    "parameters": [_TIMEOUT_HEADER, _PRIORITY_HEADER, _PREVIEWS_HEADER],
 }
 SUBMIT_EXTRA: dict[str, Any] = {
     "requestBody": _REQUEST_BODY,
-    "parameters": [_WEBHOOK_QUERY, _TIMEOUT_HEADER, _PRIORITY_HEADER],
+    "parameters": [_WEBHOOK_QUERY, _TIMEOUT_HEADER, _PRIORITY_HEADER, _PREVIEWS_HEADER],
 }
 
 RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -333,11 +287,13 @@ SUBMIT_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: TOO_LARGE,
     422: INVALID,
     429: QUEUE_FULL,
+    503: QUEUE_UNAVAILABLE,
 }
 STATUS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: _json(QueueCompleted, "Completed, successfully or not."),
     202: _json(QueuePending, "Queued or running."),
     404: NOT_FOUND,
+    503: QUEUE_UNAVAILABLE,
 }
 STATUS_STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -364,6 +320,7 @@ STATUS_STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     },
     404: NOT_FOUND,
+    503: QUEUE_UNAVAILABLE,
 }
 RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
     **OUTCOME_RESPONSES,
@@ -374,6 +331,7 @@ CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: _json(CancelRequested, "Cancelled, or stopping at its next step."),
     400: _json(AlreadyCompleted, "The request had already completed."),
     404: NOT_FOUND,
+    503: QUEUE_UNAVAILABLE,
 }
 IMAGE_CONTENT = {"schema": {"type": "string", "format": "binary"}}
 FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -383,10 +341,15 @@ FILE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "headers": {"Cache-Control": _header("`private, max-age=3600`", required=True)},
     },
     404: _error("No such file (or its request expired, or it is another key's)."),
+    503: QUEUE_UNAVAILABLE,
 }
 READY_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: _json(Readiness, "Ready: the worker (if any) serves requests."),
-    503: _json(Readiness, "Not ready: the worker is starting, or failed."),
+    503: _json(
+        Readiness,
+        "Not ready (`reason` says why): the queue is unreachable, no worker is live or ready, "
+        "or the embedded worker is starting or failed.",
+    ),
 }
 METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -407,8 +370,10 @@ FASTAPI_VALIDATION = REF.format(model="HTTPValidationError")
 
 
 def components() -> dict[str, Any]:
-    """The component schemas: the input (and its parts) and every model of :data:`MODELS`."""
-    _, schema = models_json_schema([(model, "serialization") for model in MODELS], ref_template=REF)
+    """The component schemas: the input (and its parts) and every model of :data:`MODELS`,
+    :data:`service.openapi_storage.MODELS` and :data:`service.openapi_openai.MODELS`."""
+    models = (*MODELS, *openapi_storage.MODELS, *openapi_openai.MODELS)
+    _, schema = models_json_schema([(model, "serialization") for model in models], ref_template=REF)
     found: dict[str, Any] = dict(schema.get("$defs", {}))
     found.update(openapi_components())
     return found
@@ -424,33 +389,51 @@ def complete(document: dict[str, Any], *, protected: set[str], api_keys: bool) -
     """
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(components())
+    schemes: dict[str, Any] = dict(openapi_storage.SCHEMES)  # checked with or without keys
     if api_keys:
-        document["components"]["securitySchemes"] = {
-            KEY_SCHEME: {
-                "type": "apiKey",
-                "in": "header",
-                "name": "Authorization",
-                "description": "`Key <your key>` (or `Bearer <your key>`), as the fal clients "
-                "send `FAL_KEY`.",
-            }
+        schemes[KEY_SCHEME] = {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "`Key <your key>` (or `Bearer <your key>`), as the fal clients "
+            "send `FAL_KEY`.",
         }
-    for item in document.get("paths", {}).values():
+        schemes[openapi_openai.KEY_SCHEME] = openapi_openai.SCHEME
+    document["components"]["securitySchemes"] = schemes
+    for path, item in document.get("paths", {}).items():
+        openai = path.startswith(openapi_openai.PREFIX)  # OpenAI's error shape
         for operation in item.values():
             responses: dict[str, Any] = operation.setdefault("responses", {})
             if FASTAPI_VALIDATION in _refs(responses.get("422", {})):
                 del responses["422"]  # its parameters are plain strings: nothing to refuse
             if api_keys and operation.get("operationId") in protected:
-                operation["security"] = [{KEY_SCHEME: []}]
-                responses["401"] = copy.deepcopy(UNAUTHORIZED)
-            responses.setdefault("500", copy.deepcopy(SERVER_ERROR))
+                scheme = openapi_openai.KEY_SCHEME if openai else KEY_SCHEME
+                operation["security"] = [{scheme: []}]
+                unauthorized = openapi_openai.UNAUTHORIZED if openai else UNAUTHORIZED
+                responses["401"] = copy.deepcopy(unauthorized)
+            server_error = openapi_openai.SERVER_ERROR if openai else SERVER_ERROR
+            responses.setdefault("500", copy.deepcopy(server_error))
             operation["responses"] = responses = dict(sorted(responses.items()))
             for response in responses.values():
                 headers = response.setdefault("headers", {})
                 headers["x-fal-request-id"] = copy.deepcopy(REQUEST_ID_HEADER)
+            _hoist_defs(operation.get("requestBody", {}), schemas)
     if FASTAPI_VALIDATION not in _refs(document.get("paths", {})):
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
     return document
+
+
+def _hoist_defs(value: Any, schemas: dict[str, Any]) -> None:
+    """Moves the ``$defs`` of inline schemas (:func:`service.openapi_errors.model_schema`) to
+    the components, where their references point."""
+    if isinstance(value, dict):
+        schemas.update(value.pop("$defs", {}))
+        for item in value.values():
+            _hoist_defs(item, schemas)
+    elif isinstance(value, list):
+        for item in value:
+            _hoist_defs(item, schemas)
 
 
 def _refs(value: Any) -> Iterator[str]:

@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
 from service_helpers import EngineGate, edit_body, parse_sse, request_path, wait_for
 from starlette.testclient import TestClient
 
-from core.errors import GenerationFailed
+from core.errors import GenerationFailed, QueueUnavailable
 from pipelines.fake import FakeEngine
 from pipelines.protocol import CancelCheck, StepCallback
 from pipelines.types import EditRequest, EditResult
@@ -38,8 +38,10 @@ from service.bootstrap import build_app
 from service.jobs import Job, JobView
 from service.queue.memory import InMemoryJobQueue
 from service.settings import Settings
+from service.storage.base import Artifact
 from service.storage.local import LocalArtifactStore
 from tests.helpers.fal import RUN_PATH, SUBMIT_PATH
+from tests.helpers.images import png_bytes
 from tests.helpers.services import fake_components
 
 Check = Any  # Answers.check
@@ -59,8 +61,20 @@ NOT_PRODUCED = {
     **{
         (name, "500"): "only an unexpected exception answers 500 here, and nothing in this "
         "route can raise one; declared because the unexpected-error middleware guards every route"
-        for name in ("health", "ready", "metrics")
+        for name in ("health", "ready", "metrics", "openai_models", "openai_model")
     },
+    ("upload_token", "500"): "signing a token touches nothing that can fail; declared because "
+    "the unexpected-error middleware guards every route",
+    ("upload_initiate", "500"): "a single upload's initiate signs a URL and stores nothing",
+    **{
+        ("openai_images_generations", status): "no text-to-image endpoint is served yet: every "
+        "generation ends at 404 model_not_found before its job is made (declared for when the "
+        "FLUX.2 family's text-to-image endpoints are enabled; the edits produce each of these)"
+        for status in ("200", "429", "499", "500", "503", "504")
+    },
+    ("openai_images_edits", "499"): "an edit's job cancelled by another caller (the client "
+    "that went away gets nothing); the answer is outcome_error(), which the 500/503/504 here "
+    "go through too",
 }
 
 
@@ -105,13 +119,32 @@ class RecordingQueue(InMemoryJobQueue):
 
 
 class BrokenQueue(InMemoryJobQueue):
-    """A backend that fails every call the routes make (its Redis went away)."""
+    """A backend that fails every call the routes make with ``error``: a RuntimeError (a bug:
+    500) or QueueUnavailable (Redis went away: 503)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
 
     def submit(self, job: Job) -> None:
-        raise RuntimeError("queue backend unavailable")
+        raise self.error
 
     def view(self, job_id: str) -> JobView | None:
-        raise RuntimeError("queue backend unavailable")
+        raise self.error
+
+
+class BrokenStore(LocalArtifactStore):
+    """A file store whose every read and write fails with ``error``."""
+
+    def __init__(self, root: Path, error: Exception) -> None:
+        super().__init__(root)
+        self.error = error
+
+    def put(self, owner: str, name: str, data: bytes, content_type: str) -> str:
+        raise self.error
+
+    def open(self, key: str) -> Artifact:
+        raise self.error
 
 
 class FailingEngine(FakeEngine):
@@ -174,11 +207,14 @@ def test_every_declared_answer_is_produced_and_conforms(tmp_path: Path) -> None:
         _once_it_runs(client, check)
         _refused_at_the_edge(client, check)
         _static(client, check)
+        _uploads(client, check)
+        _openai(client, check)
     with serving(tmp_path / "failing", InMemoryJobQueue(), FailingEngine) as client:
         failed = submit(client, edit_body(prompt="fail please"))
         wait_completed(client, failed)
         check_result(client, answers.check, failed, 500)
         check("run", client.post(RUN_PATH, json=edit_body(prompt="fail again")), 500)
+        check("openai_images_edits", openai_edit(client, prompt="fail, OpenAI"), 500)
     with serving(tmp_path / "broken", InMemoryJobQueue(), broken_engine) as client:
         wait_for(lambda: client.get("/ready").status_code == 503, 10, "setup_failed")
         check("ready", client.get("/ready"), 503)
@@ -186,7 +222,9 @@ def test_every_declared_answer_is_produced_and_conforms(tmp_path: Path) -> None:
         wait_completed(client, lost)
         check_result(client, answers.check, lost, 503)
         check("run", client.post(RUN_PATH, json=edit_body()), 503)
-    _when_the_queue_fails(tmp_path / "no-queue", check)
+        check("openai_images_edits", openai_edit(client), 503)
+    _when_the_queue_fails(tmp_path / "no-queue", check, RuntimeError("backend gone"), 500)
+    _when_the_queue_fails(tmp_path / "no-redis", check, QueueUnavailable("redis away"), 503)
 
     missing = answers.declared() - answers.seen
     assert missing == set(NOT_PRODUCED), sorted(missing - set(NOT_PRODUCED))
@@ -207,6 +245,7 @@ def _while_the_worker_starts(
     timed_out = submit(client, edit_body(), **{"X-Fal-Request-Timeout": "0.01"})
     cancelled = submit(client, edit_body())
     check("submit", client.post(SUBMIT_PATH, json=edit_body()), 429)  # 3 queued: full
+    check("openai_images_edits", openai_edit(client), 429)
     check("cancel", client.put(request_path(cancelled, "/cancel")), 202)
     check("cancel_subpath", client.put(request_path(request_id, "/cancel", subpath=True)), 202)
     check_result(client, check, cancelled, 499)
@@ -281,15 +320,15 @@ def _static(client: TestClient, check: Check) -> None:
     check("metrics", client.get("/metrics"), 200)
 
 
-def _when_the_queue_fails(root: Path, check: Check) -> None:
+def _when_the_queue_fails(root: Path, check: Check, error: Exception, status: int) -> None:
     app = create_app(
         Settings(cache_dir=root, api_keys=KEY),
-        queue=BrokenQueue(),
-        store=LocalArtifactStore(root / "files"),
+        queue=BrokenQueue(error),
+        store=BrokenStore(root / "files", error),
     )
     with TestClient(app, headers=AUTH, raise_server_exceptions=False) as client:
-        check("submit", client.post(SUBMIT_PATH, json=edit_body()), 500)
-        check("run", client.post(RUN_PATH, json=edit_body()), 500)
+        check("submit", client.post(SUBMIT_PATH, json=edit_body()), status)
+        check("run", client.post(RUN_PATH, json=edit_body()), status)
         for suffix in ("", "_subpath"):
             subpath = bool(suffix)
             for tail, name, method in (
@@ -299,5 +338,140 @@ def _when_the_queue_fails(root: Path, check: Check) -> None:
                 ("/cancel", "cancel", "PUT"),
             ):
                 response = client.request(method, request_path("any", tail, subpath=subpath))
-                check(f"{name}{suffix}", response, 500)
-        check("file", client.get("/files/any/thing.png"), 500)
+                check(f"{name}{suffix}", response, status)
+        check("file", client.get("/files/any/thing.png"), status)
+        check("openai_images_edits", openai_edit(client), status)
+        upload_id = "0" * 32
+        check("upload", client.get(f"/uploads/{upload_id}"), status)
+        check("upload_initiate_multipart", client.post(MULTIPART), status)
+        signed = client.post(INITIATE).json()["upload_url"]
+        check("upload_put", client.put(signed, content=png_bytes()), status)
+        part = _with_path(signed, "/1")
+        check("upload_put_part", client.put(part, content=png_bytes()), status)
+        check("upload_complete", client.post(_with_path(signed, "/complete"), json=PARTS), status)
+        bearer = _bearer(client)
+        check("files_upload", client.post(FILES, content=png_bytes(), headers=bearer), status)
+        check("files_upload_multipart", client.post(f"{FILES}/multipart", headers=bearer), status)
+        base = f"/uploads/{upload_id}/multipart/{upload_id}"
+        check("files_upload_part", client.put(f"{base}/1", content=b"x", headers=bearer), status)
+        completed = client.post(f"{base}/complete", json=PARTS, headers=bearer)
+        check("files_upload_complete", completed, status)
+
+
+# -- uploads and the OpenAI routes ----------------------------------------------------------------
+
+INITIATE = "/storage/upload/initiate"
+MULTIPART = "/storage/upload/initiate-multipart"
+FILES = "/files/upload"
+PARTS = {"parts": [{"partNumber": 1, "etag": "x"}]}
+TOO_BIG = b"x" * (MAX_BODY + 1)
+
+
+def _with_path(url: str, tail: str) -> str:
+    parsed = httpx.URL(url)
+    return str(parsed.copy_with(path=parsed.path + tail))
+
+
+def _bearer(client: TestClient) -> dict[str, str]:
+    token = client.post("/storage/auth/token").json()["token"]
+    return {"Authorization": f"Bearer {token}"}
+
+
+def openai_edit(client: TestClient, prompt: str = "paint it", **fields: str) -> httpx.Response:
+    data = {"prompt": prompt, "size": "512x512", **fields}
+    files = {"image": ("car.png", png_bytes(), "image/png")}
+    return client.post("/v1/images/edits", data=data, files=files)
+
+
+def _uploads(client: TestClient, check: Check) -> None:
+    anonymous = {"Authorization": ""}
+    for name, path in (("upload_initiate", INITIATE), ("upload_initiate_multipart", MULTIPART)):
+        check(name, client.post(path, json={"content_type": "image/png"}), 200)
+        check(name, client.post(path, headers=anonymous), 401)
+        check(name, client.post(path, content=b'{"file_name": NaN}'), 422)
+        check(name, client.post(path, content=TOO_BIG), 413)
+    # a signed URL: the JS client
+    signed = client.post(INITIATE).json()["upload_url"]
+    stored = check("upload_put", client.put(signed, content=png_bytes(), headers=anonymous), 200)
+    check("upload_put", client.put(signed.replace("token=", "token=x")), 401)
+    check("upload_put", client.put(_with_path(signed, "x")), 404)
+    check("upload_put", client.put(signed, content=TOO_BIG), 413)
+    check("upload_put", client.put(signed, content=b"not an image"), 422)
+    check("upload", client.get(httpx.URL(stored.json()["file_url"]).path), 200)
+    check("upload", client.get("/uploads/" + "0" * 32), 404)
+    check("upload", client.get("/uploads/" + "0" * 32, headers=anonymous), 401)
+    parts = client.post(MULTIPART).json()["upload_url"]
+    part = check("upload_put_part", client.put(_with_path(parts, "/1"), content=png_bytes()), 200)
+    check("upload_put_part", client.put(_with_path(parts, "/0"), content=b"x"), 422)
+    check("upload_put_part", client.put(_with_path(signed, "/1"), content=b"x"), 404)  # not begun
+    check("upload_put_part", client.put(_with_path(parts, "/2").replace("token=", "token=x")), 401)
+    check("upload_put_part", client.put(_with_path(parts, "/2"), content=TOO_BIG), 413)
+    complete = _with_path(parts, "/complete")
+    check("upload_complete", client.post(complete, json={"parts": []}), 422)
+    check("upload_complete", client.post(complete.replace("token=", "token=x"), json=PARTS), 401)
+    check("upload_complete", client.post(complete, content=TOO_BIG), 413)
+    done = {"parts": [{"partNumber": 1, "etag": part.json()["etag"]}]}
+    check("upload_complete", client.post(complete, json=done), 200)
+    check("upload_complete", client.post(_with_path(signed, "x/complete"), json=done), 404)
+    # an upload token: Python's fal_v3
+    check("upload_token", client.post("/storage/auth/token", headers=anonymous), 401)
+    check("upload_token", client.post("/storage/auth/token"), 200)
+    bearer = _bearer(client)
+    check("files_upload", client.post(FILES, content=png_bytes(), headers=bearer), 200)
+    check("files_upload", client.post(FILES, content=png_bytes()), 401)  # the API key is no token
+    check("files_upload", client.post(FILES, content=TOO_BIG, headers=bearer), 413)
+    check("files_upload", client.post(FILES, content=b"not an image", headers=bearer), 422)
+    check("files_upload_multipart", client.post(f"{FILES}/multipart", headers=anonymous), 401)
+    begun = check("files_upload_multipart", client.post(f"{FILES}/multipart", headers=bearer), 200)
+    upload_id = begun.json()["uploadId"]
+    base = f"/uploads/{upload_id}/multipart/{upload_id}"
+    tag = check(
+        "files_upload_part", client.put(f"{base}/1", content=png_bytes(), headers=bearer), 200
+    )
+    check("files_upload_part", client.put(f"{base}/0", content=b"x", headers=bearer), 422)
+    check("files_upload_part", client.put(f"{base}/1", content=b"x"), 401)
+    check("files_upload_part", client.put(f"{base}x/1", content=b"x", headers=bearer), 404)
+    check("files_upload_part", client.put(f"{base}/2", content=TOO_BIG, headers=bearer), 413)
+    complete = f"{base}/complete"
+    check("files_upload_complete", client.post(complete, json={"parts": []}, headers=bearer), 422)
+    check("files_upload_complete", client.post(complete, json=PARTS), 401)
+    check(
+        "files_upload_complete", client.post(f"{base}x/complete", json=PARTS, headers=bearer), 404
+    )
+    check("files_upload_complete", client.post(complete, content=TOO_BIG, headers=bearer), 413)
+    done = {"parts": [{"partNumber": 1, "etag": tag.json()["etag"]}]}
+    check("files_upload_complete", client.post(complete, json=done, headers=bearer), 200)
+
+
+def _openai(client: TestClient, check: Check) -> None:
+    anonymous = {"Authorization": ""}
+    check("openai_models", client.get("/v1/models"), 200)
+    check("openai_models", client.get("/v1/models", headers=anonymous), 401)
+    check("openai_model", client.get("/v1/models/flux-2-flash-edit"), 200)
+    check("openai_model", client.get("/v1/models/dall-e-3"), 404)
+    check("openai_model", client.get("/v1/models/a%0Ab"), 404)  # no route matches: still OpenAI's
+    check("openai_model", client.get("/v1/models/dall-e-3", headers=anonymous), 401)
+    edits, generations = "openai_images_edits", "openai_images_generations"
+    check(edits, openai_edit(client), 200)
+    streamed = check(edits, openai_edit(client, stream="true", partial_images="1"), 200)
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    check(edits, client.post("/v1/images/edits", data={"prompt": "no image"}, files={}), 400)
+    check(edits, openai_edit(client, model="dall-e-3"), 404)
+    check(edits, client.post("/v1/images/edits", headers=anonymous), 401)
+    check(edits, client.post("/v1/images/edits", content=TOO_BIG), 413)
+    check(edits, _late_edit(client), 504)
+    check(generations, client.post("/v1/images/generations", json={"prompt": "a cat"}), 404)
+    check(generations, client.post("/v1/images/generations", content=b'{"n": NaN}'), 400)
+    check(generations, client.post("/v1/images/generations", headers=anonymous), 401)
+    check(generations, client.post("/v1/images/generations", content=TOO_BIG), 413)
+
+
+def _late_edit(client: TestClient) -> httpx.Response:
+    """An edit whose start deadline has passed already: 504."""
+    files = {"image": ("car.png", png_bytes(), "image/png")}
+    return client.post(
+        "/v1/images/edits",
+        data={"prompt": "too late", "size": "512x512"},
+        files=files,
+        headers={"X-Fal-Request-Timeout": "-1"},
+    )
