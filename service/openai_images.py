@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from core.errors import Flux2Error, InvalidRequest
+from core.errors import Flux2Error, InvalidRequest, QueueFull, QueueUnavailable
 from pipelines.sizes import GRID, MAX_SIDE, MIN_SIDE, reference_size
 from pipelines.types import MAX_PREVIEWS, MAX_REFERENCES
 from service.endpoints import ENDPOINTS, Endpoint
@@ -47,6 +47,8 @@ Operation = Literal["edit", "generate"]
 TEXT_TOKENS = 512
 #: Fields beyond OpenAI's that map onto the fal input of the same name, where the endpoint has it.
 EXTRA_FIELDS = ("seed", "guidance_scale", "num_inference_steps", "enable_prompt_expansion", "loras")
+#: ``Retry-After`` of a full or unreachable queue, as the fal routes send it.
+RETRY_AFTER_SECONDS = 5
 #: fal input fields by the OpenAI parameter they come from, for error locations.
 PARAMS = {"image_urls": "image", "num_images": "n", "image_size": "size", "sync_mode": "stream"}
 
@@ -62,6 +64,7 @@ class OpenAIError(Exception):
         param: str | None = None,
         code: str | None = None,
         kind: str = "invalid_request_error",
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -69,6 +72,7 @@ class OpenAIError(Exception):
         self.param = param
         self.code = code
         self.kind = kind
+        self.retry_after = retry_after
 
     def body(self) -> dict[str, Any]:
         return {
@@ -82,6 +86,8 @@ class OpenAIError(Exception):
 
     def response(self) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
     @classmethod
@@ -93,7 +99,14 @@ class OpenAIError(Exception):
         kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
         default = "server_error" if exc.http_status >= 500 else "invalid_request_error"
         code = "invalid_api_key" if exc.http_status == 401 else exc.code
-        return cls(exc.http_status, exc.message, code=code, kind=kind.get(exc.http_status, default))
+        retry = RETRY_AFTER_SECONDS if isinstance(exc, QueueFull | QueueUnavailable) else None
+        return cls(
+            exc.http_status,
+            exc.message,
+            code=code,
+            kind=kind.get(exc.http_status, default),
+            retry_after=retry,
+        )
 
 
 def _param(loc: Any) -> str | None:

@@ -171,18 +171,6 @@ class Flux2FlashEditOutput(BaseModel):
     prompt: str = Field(description="The prompt used for generating the image.")
 
 
-# Routes validate the input by hand (after the API key check), so they point the OpenAPI
-# request body at the component that ``openapi_components`` adds.
-INPUT_BODY_SCHEMA = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/Flux2FlashEditInput"}}
-        },
-    }
-}
-
-
 def openapi_components() -> dict[str, Any]:
     """JSON schemas of the input model and the models it uses, as OpenAPI components."""
     schema = Flux2FlashEditInput.model_json_schema(ref_template="#/components/schemas/{model}")

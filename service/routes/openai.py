@@ -27,6 +27,8 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from core.errors import Flux2Error
+from service import openapi_openai as spec
+from service import strict_json
 from service.job_access import AsyncJobs
 from service.jobs import Job, JobStatus, JobView, Outcome
 from service.openai_images import (
@@ -60,6 +62,10 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 DISCONNECT_CHECK_SECONDS = 0.5
 #: A stream with no news sends a comment line this often.
 STREAM_PING_SECONDS = 15.0
+#: The operations that check the API key: all of them.
+KEYED = frozenset(
+    {"openai_models", "openai_model", "openai_images_edits", "openai_images_generations"}
+)
 #: Form limits: image parts (and a mask, to refuse it by name), text fields, and their size.
 MAX_FORM_FIELDS = 64
 MAX_FIELD_BYTES = 256 * 1024
@@ -70,7 +76,13 @@ def _state(request: Request) -> Any:
     return request.app.state.flux2
 
 
-@router.get("/models", operation_id="openai_models", summary="OpenAI: the models served here")
+@router.get(
+    "/models",
+    operation_id="openai_models",
+    summary="OpenAI: the models served here",
+    response_class=Response,
+    responses=spec.MODELS_RESPONSES,
+)
 async def list_models(request: Request) -> Response:
     try:
         caller(request)
@@ -81,7 +93,13 @@ async def list_models(request: Request) -> Response:
     )
 
 
-@router.get("/models/{name:path}", operation_id="openai_model", summary="OpenAI: one model")
+@router.get(
+    "/models/{name:path}",
+    operation_id="openai_model",
+    summary="OpenAI: one model",
+    response_class=Response,
+    responses=spec.MODEL_RESPONSES,
+)
 async def get_model(request: Request, name: str) -> Response:
     try:
         caller(request)
@@ -101,6 +119,9 @@ async def get_model(request: Request, name: str) -> Response:
     "/images/edits",
     operation_id="openai_images_edits",
     summary="OpenAI: edit images (multipart: image or image[], prompt, …)",
+    response_class=Response,
+    openapi_extra=spec.EDITS_BODY,
+    responses=spec.IMAGES_RESPONSES,
 )
 async def edits(request: Request) -> Response:
     form: FormData | None = None
@@ -152,14 +173,19 @@ async def edits(request: Request) -> Response:
     "/images/generations",
     operation_id="openai_images_generations",
     summary="OpenAI: make images from text (needs a text-to-image endpoint)",
+    response_class=Response,
+    openapi_extra=spec.GENERATIONS_BODY,
+    responses=spec.IMAGES_RESPONSES,
 )
 async def generations(request: Request) -> Response:
     try:
         caller(request)
-        try:
-            fields = json.loads(await request.body() or b"null")
-        except ValueError as exc:
-            raise OpenAIError(400, f"the body is not JSON: {exc}", code="invalid_json") from None
+        try:  # strict: NaN, duplicate keys, deep nesting, bad UTF-8 are refused here
+            fields = strict_json.loads(await request.body() or b"null")
+        except strict_json.InvalidJson as exc:
+            raise OpenAIError(
+                400, f"the body is not JSON: {exc.reason}", code="invalid_json"
+            ) from None
         if not isinstance(fields, dict):
             raise OpenAIError(400, "the body must be a JSON object", code="invalid_json")
         return await _run(request, ImageRequest.parse(fields), "generate", [])
@@ -209,7 +235,7 @@ async def _run(
         )
     outcome = await _wait(request, job)
     if outcome is None:
-        return JSONResponse({"detail": "Client disconnected"}, status_code=499)
+        return OpenAIError(499, "Client disconnected", code="client_cancelled").response()
     if not outcome.ok:
         raise outcome_error(outcome)
     return JSONResponse(images_response(parsed, outcome, int(job.created_at), tokens))

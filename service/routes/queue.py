@@ -18,8 +18,15 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from service.endpoints import DEFAULT_ENDPOINT
 from service.jobs import CancelOutcome, JobStatus, JobView
+from service.openapi import (
+    CANCEL_RESPONSES,
+    RESULT_RESPONSES,
+    STATUS_RESPONSES,
+    STATUS_STREAM_RESPONSES,
+    SUBMIT_EXTRA,
+    SUBMIT_RESPONSES,
+)
 from service.outcomes import invalid_input
-from service.schema import INPUT_BODY_SCHEMA
 from service.submission import (
     JobUrls,
     base_url,
@@ -27,6 +34,7 @@ from service.submission import (
     new_job,
     outcome_response,
     read_json_body,
+    request_id_header,
     require_key,
     status_body,
     visible_view,
@@ -44,9 +52,10 @@ def _state(request: Request) -> Any:
 
 @router.post(
     f"/{DEFAULT_ENDPOINT.id}",
-    openapi_extra=INPUT_BODY_SCHEMA,
+    openapi_extra=SUBMIT_EXTRA,
     operation_id="submit",
     summary="Submit an edit to the queue",
+    responses=SUBMIT_RESPONSES,
 )
 async def submit(request: Request) -> JSONResponse:
     state = _state(request)
@@ -76,7 +85,7 @@ def _not_found(request_id: str) -> JSONResponse:
     return JSONResponse(
         {"status": "NOT_FOUND", "detail": f"Request {request_id} not found"},
         status_code=404,
-        headers={"x-fal-request-id": request_id, "x-fal-billable-units": "0"},
+        headers={**request_id_header(request_id), "x-fal-billable-units": "0"},
     )
 
 
@@ -170,6 +179,7 @@ for _prefix, _suffix in ((DEFAULT_ENDPOINT.app_id, ""), (DEFAULT_ENDPOINT.id, "_
         methods=["GET"],
         operation_id=f"status{_suffix}",
         summary="Queue status (202 while queued or running, 200 once completed)",
+        responses=STATUS_RESPONSES,
     )
     router.add_api_route(
         f"{_base}/status/stream",
@@ -177,6 +187,8 @@ for _prefix, _suffix in ((DEFAULT_ENDPOINT.app_id, ""), (DEFAULT_ENDPOINT.id, "_
         methods=["GET"],
         operation_id=f"status_stream{_suffix}",
         summary="Queue status as server-sent events; closes after COMPLETED",
+        response_class=StreamingResponse,
+        responses=STATUS_STREAM_RESPONSES,
     )
     router.add_api_route(
         _base,
@@ -184,7 +196,7 @@ for _prefix, _suffix in ((DEFAULT_ENDPOINT.app_id, ""), (DEFAULT_ENDPOINT.id, "_
         methods=["GET"],
         operation_id=f"result{_suffix}",
         summary="Queue result: the model's output, or its error",
-        responses={200: {"model": DEFAULT_ENDPOINT.output_model}},
+        responses=RESULT_RESPONSES,
     )
     router.add_api_route(
         f"{_base}/cancel",
@@ -192,4 +204,6 @@ for _prefix, _suffix in ((DEFAULT_ENDPOINT.app_id, ""), (DEFAULT_ENDPOINT.id, "_
         methods=["PUT"],
         operation_id=f"cancel{_suffix}",
         summary="Cancel a request",
+        status_code=202,
+        responses=CANCEL_RESPONSES,
     )

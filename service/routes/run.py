@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from service.endpoints import DEFAULT_ENDPOINT
 from service.jobs import JobStatus
-from service.schema import INPUT_BODY_SCHEMA
+from service.openapi import RUN_EXTRA, RUN_RESPONSES
 from service.submission import (
     body_errors,
     new_job,
@@ -31,8 +31,8 @@ DISCONNECT_CHECK_SECONDS = 0.5
     f"/{DEFAULT_ENDPOINT.id}",
     operation_id="run",
     summary="Edit images and wait for the result",
-    openapi_extra=INPUT_BODY_SCHEMA,
-    responses={200: {"model": DEFAULT_ENDPOINT.output_model}},
+    openapi_extra=RUN_EXTRA,
+    responses=RUN_RESPONSES,
 )
 async def run(request: Request) -> JSONResponse:
     # The body is validated by hand, after the API key (a typed parameter would come first).

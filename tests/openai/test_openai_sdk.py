@@ -246,3 +246,46 @@ def test_malformed_requests_get_openai_errors(origin: str) -> None:
     assert set(garbage.json()["error"]) == {"message", "type", "param", "code"}
     assert not_json.status_code == 400
     assert not_json.json()["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"prompt": "x", "guidance_scale": NaN}', "NaN is not a JSON value"),
+        (b'{"prompt": "x", "seed": -Infinity}', "-Infinity is not a JSON value"),
+        (b'{"prompt": "x", "guidance_scale": 1e999}', "out of range"),
+        (b'{"prompt": "x", "prompt": "y"}', "duplicate key 'prompt'"),
+        (b'{"prompt": "x", "loras": ' + b"[" * 40 + b"]" * 40 + b"}", "nested more than 32"),
+        (b'{"prompt": "x", "seed": ' + b"9" * 1001 + b"}", "more than 1000 digits"),
+        (b'{"prompt": "\\ud800"}', "lone surrogate"),
+        (b'{"prompt": "\xff"}', "not valid UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested more than 32"),
+    ],
+    ids=[
+        "nan",
+        "infinity",
+        "overflow",
+        "duplicate",
+        "deep",
+        "huge-int",
+        "surrogate",
+        "utf8",
+        "abyss",
+    ],
+)
+def test_odd_json_is_an_openai_400_never_a_500(origin: str, body: bytes, reason: str) -> None:
+    """Strict JSON on the generations route (#12): what Python's json module lets through, or
+    chokes on, is OpenAI's 400 ``invalid_json`` naming why."""
+    answer = httpx.post(
+        f"{origin}/v1/images/generations",
+        content=body,
+        headers={"Authorization": f"Bearer {ALICE}", "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error",
+        "invalid_json",
+        None,
+    )
+    assert reason in error["message"], error["message"]
