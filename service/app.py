@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import Flux2Error, QueueFull, QueueUnavailable, Unauthorized
@@ -99,7 +100,7 @@ def create_app(
 
     app = FastAPI(
         title="flux2-edit",
-        summary="FLUX.2 [dev] image editing with fal's fal-ai/flux-2/flash/edit API",
+        summary="FLUX.2 [dev] image generation and editing with fal's fal-ai/flux-2 APIs",
         version="0.1.0",
         lifespan=lifespan,
     )
@@ -118,8 +119,9 @@ def create_app(
             secret.get_secret_value() if (secret := settings.storage.upload_secret) else None
         ),
     )
-    app.include_router(run_routes.router)
-    app.include_router(queue_routes.router)
+    endpoints = settings.serving.enabled()
+    app.include_router(run_routes.router_for(endpoints))
+    app.include_router(queue_routes.router_for(endpoints))
     app.include_router(files_routes.router)
     app.include_router(health_routes.router)
     app.include_router(metrics_routes.router)
@@ -127,7 +129,7 @@ def create_app(
     app.include_router(storage_routes.router)
     app.include_router(openai_routes.router)
     _add_error_handlers(app)
-    _add_input_schema(app)
+    _add_input_schema(app, tuple(dict.fromkeys(e.input_model for e in endpoints)))
     app.add_middleware(UnexpectedErrorMiddleware)  # innermost: its 500 still gets CORS and ids
     app.add_middleware(
         CORSMiddleware,
@@ -143,15 +145,15 @@ def create_app(
     return app
 
 
-def _add_input_schema(app: FastAPI) -> None:
-    """Put the input model in /openapi.json (routes validate it by hand, after auth)."""
+def _add_input_schema(app: FastAPI, models: tuple[type[BaseModel], ...]) -> None:
+    """Put the input models in /openapi.json (routes validate them by hand, after auth)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                openapi_components()
+                openapi_components(models)
             )
             app.openapi_schema = schema
         return app.openapi_schema
