@@ -459,5 +459,8 @@ def openapi_components(
     for model in models:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(schema.pop("$defs", {}))
+        used = getattr(model, "MAX_REFERENCES", 0)
+        if used:  # how many references the endpoint uses (fal says so in prose only)
+            schema["x-flux2-max-references"] = used
         components[model.model_config.get("title") or model.__name__] = schema
     return components
