@@ -1,5 +1,6 @@
 """The OpenAI Images API: ``POST /v1/images/edits`` (multipart), ``POST /v1/images/generations``
-(JSON, text-to-image through the registry's text-to-image endpoints), ``GET /v1/models``. The mapping onto the engine is :mod:`service.openai_images`.
+(JSON, text-to-image through the registry's text-to-image endpoints), ``GET /v1/models``. The
+mapping onto the engine is :mod:`service.openai_images`.
 
 Keys are the fal routes' (``Authorization: Bearer <key>`` or ``Key <key>``), with the same
 per-key isolation; every error is OpenAI's ``{"error": {...}}``. A request runs as the same job
