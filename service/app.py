@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import Flux2Error, QueueFull, QueueUnavailable, Unauthorized
 from service.auth import ApiKeys
+from service.endpoints import Endpoint
 from service.fal_errors import error_body, pydantic_problems
 from service.job_access import AsyncJobs
 from service.limits import BodyLimitMiddleware
@@ -50,9 +51,8 @@ from service.webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
 
+#: The routers every server has; the run and queue routes are made per endpoint.
 ROUTERS = (
-    run_routes.router,
-    queue_routes.router,
     files_routes.router,
     health_routes.router,
     metrics_routes.router,
@@ -112,7 +112,7 @@ def create_app(
 
     app = FastAPI(
         title="flux2-edit",
-        summary="FLUX.2 [dev] image editing with fal's fal-ai/flux-2/flash/edit API",
+        summary="FLUX.2 [dev] image generation and editing with fal's fal-ai/flux-2 APIs",
         version="0.1.0",
         lifespan=lifespan,
     )
@@ -131,10 +131,16 @@ def create_app(
             secret.get_secret_value() if (secret := settings.storage.upload_secret) else None
         ),
     )
-    for router in ROUTERS:
+    endpoints = settings.serving.enabled()
+    routers = (
+        run_routes.router_for(endpoints),
+        queue_routes.router_for(endpoints),
+        *ROUTERS,
+    )
+    for router in routers:
         app.include_router(router)
     _add_error_handlers(app)
-    _complete_openapi(app)
+    _complete_openapi(app, routers, endpoints)
     app.add_middleware(UnexpectedErrorMiddleware)  # innermost: its 500 still gets CORS and ids
     app.add_middleware(
         CORSMiddleware,
@@ -150,15 +156,18 @@ def create_app(
     return app
 
 
-def _complete_openapi(app: FastAPI) -> None:
-    """/openapi.json says everything each route answers (:mod:`service.openapi`): the input
-    model (routes validate it by hand, after the key), error bodies, 401 with keys, headers."""
+def _complete_openapi(
+    app: FastAPI, routers: tuple[APIRouter, ...], endpoints: tuple[Endpoint, ...]
+) -> None:
+    """/openapi.json says everything each route answers (:mod:`service.openapi`): the inputs
+    and outputs of ``endpoints`` (routes validate inputs by hand, after the key), error bodies,
+    401 with keys, headers."""
     build = app.openapi
     state: AppState = app.state.flux2
     protected = (
         {
             route.operation_id
-            for router in ROUTERS
+            for router in routers
             if any(depends.dependency is require_key for depends in router.dependencies)
             for route in router.routes
             if isinstance(route, APIRoute) and route.operation_id
@@ -169,7 +178,9 @@ def _complete_openapi(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = complete(build(), protected=protected, api_keys=state.keys.enabled)
+            app.openapi_schema = complete(
+                build(), protected=protected, api_keys=state.keys.enabled, endpoints=endpoints
+            )
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -27,7 +27,7 @@ from pydantic.json_schema import SkipJsonSchema, models_json_schema
 
 from pipelines.types import MAX_PREVIEWS
 from service import openapi_openai, openapi_storage
-from service.endpoints import DEFAULT_ENDPOINT
+from service.endpoints import DEFAULT_ENDPOINT, Endpoint
 from service.guard import MAX_URL_LENGTH
 from service.jobs import JobStatus
 from service.openapi_errors import (
@@ -49,7 +49,7 @@ from service.openapi_errors import header as _header
 from service.openapi_errors import json_response as _json
 from service.openapi_errors import optional as _optional
 from service.openapi_errors import ref as _ref
-from service.schema import openapi_components
+from service.schema import Flux2Output, openapi_components
 
 KEY_SCHEME = "FalKey"
 
@@ -173,6 +173,7 @@ MODELS: tuple[type[BaseModel], ...] = (
     CancelRequested,
     AlreadyCompleted,
     Readiness,
+    Flux2Output,
     DEFAULT_ENDPOINT.output_model,
 )
 
@@ -186,34 +187,47 @@ IMAGE_PROBLEMS = (
     "an image could not be downloaded or read (`file_download_error`, `image_load_error`, "
     "`unsupported_image_format`, `image_too_large`, `image_too_small`)"
 )
-# What a finished job answers with, on the sync run and the result route (service/outcomes.py).
-OUTCOME_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: _json(DEFAULT_ENDPOINT.output_model, "The output."),
-    422: _json(
-        ValidationErrors,
-        f"fal's validation error: the input is invalid, or {IMAGE_PROBLEMS}.",
-        ERROR_TYPE_HEADER,
-    ),
-    499: _error("The request was cancelled (`client_cancelled`)."),
-    500: SERVER_ERROR,
-    503: _error(
-        "The engine ran out of memory (`runner_server_error`), the worker cannot run "
-        "(`runner_connection_error`), or the queue cannot be reached for now "
-        "(`runner_scheduling_failure`, with `Retry-After`).",
-        **{"Retry-After": _header(f"{RETRY_AFTER} (when the queue cannot be reached)")},
-    ),
-    504: _error(
-        "The request did not start within its `X-Fal-Request-Timeout` (`request_timeout`).",
-        **{"X-Fal-Request-Timeout-Type": _header("`user`: the clients do not retry it.")},
-    ),
-}
 
-_REQUEST_BODY = {
-    "required": True,
-    "description": "The input, as JSON (strict: no NaN, no duplicate keys). It is read as JSON "
-    "whatever the Content-Type says; the fal clients send `application/json`.",
-    "content": {"application/json": {"schema": _ref(DEFAULT_ENDPOINT.input_model)}},
-}
+
+# What a finished job answers with, on the sync run and the result route (service/outcomes.py).
+def outcome_responses(output: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """What a finished job answers with, on the sync run and the result route
+    (service/outcomes.py), for an endpoint whose output is ``output``."""
+    return {
+        200: _json(output, "The output."),
+        422: _json(
+            ValidationErrors,
+            f"fal's validation error: the input is invalid, or {IMAGE_PROBLEMS}.",
+            ERROR_TYPE_HEADER,
+        ),
+        499: _error("The request was cancelled (`client_cancelled`)."),
+        500: SERVER_ERROR,
+        503: _error(
+            "The engine ran out of memory (`runner_server_error`), the worker cannot run "
+            "(`runner_connection_error`), or the queue cannot be reached for now "
+            "(`runner_scheduling_failure`, with `Retry-After`).",
+            **{"Retry-After": _header(f"{RETRY_AFTER} (when the queue cannot be reached)")},
+        ),
+        504: _error(
+            "The request did not start within its `X-Fal-Request-Timeout` (`request_timeout`).",
+            **{"X-Fal-Request-Timeout-Type": _header("`user`: the clients do not retry it.")},
+        ),
+    }
+
+
+#: The flash edit's outcomes (the default endpoint).
+OUTCOME_RESPONSES = outcome_responses(DEFAULT_ENDPOINT.output_model)
+
+
+def _request_body(endpoint: Endpoint) -> dict[str, Any]:
+    return {
+        "required": True,
+        "description": "The input, as JSON (strict: no NaN, no duplicate keys). It is read as "
+        "JSON whatever the Content-Type says; the fal clients send `application/json`.",
+        "content": {"application/json": {"schema": _ref(endpoint.input_model)}},
+    }
+
+
 _TIMEOUT_HEADER = {
     "name": "X-Fal-Request-Timeout",
     "in": "header",
@@ -245,26 +259,43 @@ _WEBHOOK_QUERY = {
     "schema": {"type": "string", "maxLength": MAX_URL_LENGTH},
 }
 
-RUN_EXTRA: dict[str, Any] = {
-    "requestBody": _REQUEST_BODY,
-    "parameters": [_TIMEOUT_HEADER, _PRIORITY_HEADER, _PREVIEWS_HEADER],
-}
-SUBMIT_EXTRA: dict[str, Any] = {
-    "requestBody": _REQUEST_BODY,
-    "parameters": [_WEBHOOK_QUERY, _TIMEOUT_HEADER, _PRIORITY_HEADER, _PREVIEWS_HEADER],
-}
 
-RUN_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **OUTCOME_RESPONSES,
-    413: TOO_LARGE,
-    422: _json(
-        ValidationErrors,
-        "fal's validation error: the body is not JSON (`json_invalid`), the input or a header "
-        f"is invalid, or {IMAGE_PROBLEMS}.",
-        ERROR_TYPE_HEADER,
-    ),
-    429: QUEUE_FULL,
-}
+def run_extra(endpoint: Endpoint) -> dict[str, Any]:
+    """The body and header parameters of ``endpoint``'s sync run."""
+    return {
+        "requestBody": _request_body(endpoint),
+        "parameters": [_TIMEOUT_HEADER, _PRIORITY_HEADER, _PREVIEWS_HEADER],
+    }
+
+
+def submit_extra(endpoint: Endpoint) -> dict[str, Any]:
+    """The body, query and header parameters of ``endpoint``'s queue submit."""
+    return {
+        "requestBody": _request_body(endpoint),
+        "parameters": [_WEBHOOK_QUERY, _TIMEOUT_HEADER, _PRIORITY_HEADER, _PREVIEWS_HEADER],
+    }
+
+
+RUN_EXTRA = run_extra(DEFAULT_ENDPOINT)
+SUBMIT_EXTRA = submit_extra(DEFAULT_ENDPOINT)
+
+
+def run_responses(endpoint: Endpoint) -> dict[int | str, dict[str, Any]]:
+    """Everything ``endpoint``'s sync run answers."""
+    return {
+        **outcome_responses(endpoint.output_model),
+        413: TOO_LARGE,
+        422: _json(
+            ValidationErrors,
+            "fal's validation error: the body is not JSON (`json_invalid`), the input or a header "
+            f"is invalid, or {IMAGE_PROBLEMS}.",
+            ERROR_TYPE_HEADER,
+        ),
+        429: QUEUE_FULL,
+    }
+
+
+RUN_RESPONSES = run_responses(DEFAULT_ENDPOINT)
 
 _FOLLOW = {
     name: {
@@ -322,11 +353,18 @@ STATUS_STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
     404: NOT_FOUND,
     503: QUEUE_UNAVAILABLE,
 }
-RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **OUTCOME_RESPONSES,
-    400: _json(FalError, "The request has not completed yet."),
-    404: NOT_FOUND,
-}
+
+
+def result_responses(output: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """Everything the result route answers, for requests whose output is ``output``."""
+    return {
+        **outcome_responses(output),
+        400: _json(FalError, "The request has not completed yet."),
+        404: NOT_FOUND,
+    }
+
+
+RESULT_RESPONSES = result_responses(DEFAULT_ENDPOINT.output_model)
 CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
     202: _json(CancelRequested, "Cancelled, or stopping at its next step."),
     400: _json(AlreadyCompleted, "The request had already completed."),
@@ -369,26 +407,36 @@ REQUEST_ID_HEADER = _header(
 FASTAPI_VALIDATION = REF.format(model="HTTPValidationError")
 
 
-def components() -> dict[str, Any]:
-    """The component schemas: the input (and its parts) and every model of :data:`MODELS`,
-    :data:`service.openapi_storage.MODELS` and :data:`service.openapi_openai.MODELS`."""
-    models = (*MODELS, *openapi_storage.MODELS, *openapi_openai.MODELS)
+def components(endpoints: tuple[Endpoint, ...] = (DEFAULT_ENDPOINT,)) -> dict[str, Any]:
+    """The component schemas: the inputs and outputs of ``endpoints`` (and their parts) and
+    every model of :data:`MODELS`, :data:`service.openapi_storage.MODELS` and
+    :data:`service.openapi_openai.MODELS`."""
+    outputs = tuple(dict.fromkeys(endpoint.output_model for endpoint in endpoints))
+    models = (*MODELS, *outputs, *openapi_storage.MODELS, *openapi_openai.MODELS)
+    models = tuple(dict.fromkeys(models))
     _, schema = models_json_schema([(model, "serialization") for model in models], ref_template=REF)
     found: dict[str, Any] = dict(schema.get("$defs", {}))
-    found.update(openapi_components())
+    found.update(openapi_components(tuple(dict.fromkeys(e.input_model for e in endpoints))))
     return found
 
 
-def complete(document: dict[str, Any], *, protected: set[str], api_keys: bool) -> dict[str, Any]:
+def complete(
+    document: dict[str, Any],
+    *,
+    protected: set[str],
+    api_keys: bool,
+    endpoints: tuple[Endpoint, ...] = (DEFAULT_ENDPOINT,),
+) -> dict[str, Any]:
     """``document`` (FastAPI's) made whole, in place.
 
     Args:
         document: what ``FastAPI.openapi()`` generated.
         protected: the operation ids that check the API key.
         api_keys: whether keys are configured (only then do those operations answer 401).
+        endpoints: the endpoints served (their inputs and outputs become components).
     """
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
-    schemas.update(components())
+    schemas.update(components(endpoints))
     schemes: dict[str, Any] = dict(openapi_storage.SCHEMES)  # checked with or without keys
     if api_keys:
         schemes[KEY_SCHEME] = {

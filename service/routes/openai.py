@@ -1,5 +1,6 @@
 """The OpenAI Images API: ``POST /v1/images/edits`` (multipart), ``POST /v1/images/generations``
-(JSON), ``GET /v1/models``. The mapping onto the engine is :mod:`service.openai_images`.
+(JSON, text-to-image through the registry's text-to-image endpoints), ``GET /v1/models``. The
+mapping onto the engine is :mod:`service.openai_images`.
 
 Keys are the fal routes' (``Authorization: Bearer <key>`` or ``Key <key>``), with the same
 per-key isolation; every error is OpenAI's ``{"error": {...}}``. A request runs as the same job
@@ -29,6 +30,7 @@ from starlette.exceptions import HTTPException
 from core.errors import Flux2Error
 from service import openapi_openai as spec
 from service import strict_json
+from service.endpoints import Endpoint
 from service.job_access import AsyncJobs
 from service.jobs import Job, JobStatus, JobView, Outcome
 from service.openai_images import (
@@ -76,6 +78,12 @@ def _state(request: Request) -> Any:
     return request.app.state.flux2
 
 
+def _endpoints(request: Request) -> tuple[Endpoint, ...]:
+    """The endpoints this server answers (``FLUX2_ENDPOINTS``)."""
+    endpoints: tuple[Endpoint, ...] = _state(request).settings.serving.enabled()
+    return endpoints
+
+
 @router.get(
     "/models",
     operation_id="openai_models",
@@ -89,7 +97,10 @@ async def list_models(request: Request) -> Response:
     except Flux2Error as exc:
         return OpenAIError.of(exc).response()
     return JSONResponse(
-        {"object": "list", "data": [model_json(model, STARTED) for model in models()]}
+        {
+            "object": "list",
+            "data": [model_json(model, STARTED) for model in models(_endpoints(request))],
+        }
     )
 
 
@@ -103,7 +114,7 @@ async def list_models(request: Request) -> Response:
 async def get_model(request: Request, name: str) -> Response:
     try:
         caller(request)
-        for model in models():
+        for model in models(_endpoints(request)):
             if name == model.id or name in model.aliases:
                 return JSONResponse(model_json(model, STARTED))
         raise OpenAIError(
@@ -172,7 +183,7 @@ async def edits(request: Request) -> Response:
 @router.post(
     "/images/generations",
     operation_id="openai_images_generations",
-    summary="OpenAI: make images from text (needs a text-to-image endpoint)",
+    summary="OpenAI: make images from text (a FLUX.2 text-to-image endpoint)",
     response_class=Response,
     openapi_extra=spec.GENERATIONS_BODY,
     responses=spec.IMAGES_RESPONSES,
@@ -209,7 +220,7 @@ async def _run(
 ) -> Response:
     """Submit the job for ``parsed`` and answer with its outcome (or stream it)."""
     state = _state(request)
-    model = find_model(parsed.model, operation)
+    model = find_model(parsed.model, operation, _endpoints(request))
     size = parse_size(parsed.size)
     if size is None and references:
         size = auto_size(references[0].width, references[0].height)

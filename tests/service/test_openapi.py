@@ -9,6 +9,8 @@ import pytest
 from service_helpers import MakeService, Service
 from starlette.testclient import TestClient
 
+from service.endpoints import ENDPOINTS, FLASH_EDIT
+from service.routes.run import operation_id
 from service.schema import APP_ID, ENDPOINT_ID
 
 REF = "#/components/schemas/"
@@ -125,7 +127,8 @@ def test_operations_reference_the_schemas(spec: dict[str, Any]) -> None:
         assert "get" in paths[f"{base}/status/stream"]
         assert "put" in paths[f"{base}/cancel"]
         result = paths[base]["get"]["responses"]["200"]["content"]["application/json"]
-        assert result["schema"] == {"$ref": "#/components/schemas/Flux2FlashEditOutput"}
+        output = "Flux2Output" if prefix == APP_ID else "Flux2FlashEditOutput"
+        assert result["schema"] == {"$ref": f"#/components/schemas/{output}"}
         params = {p["name"] for p in paths[f"{base}/status"]["get"].get("parameters", [])}
         assert {"request_id", "logs"} <= params
 
@@ -177,6 +180,24 @@ OPERATIONS = {
     "openai_model": ("get", "/v1/models/{name}"),
     "openai_images_edits": ("post", "/v1/images/edits"),
     "openai_images_generations": ("post", "/v1/images/generations"),
+    # the rest of the FLUX.2 family: sync run, submit, and the request routes under its id
+    **{
+        f"{kind}_{endpoint.slug.replace('-', '_')}"
+        if kind in ("run", "submit")
+        else f"{kind}_{operation_id('subpath', endpoint)}": (method, path.format(id=endpoint.id))
+        for endpoint in ENDPOINTS.values()
+        if endpoint is not FLASH_EDIT
+        for kind, method, path in (
+            ("run", "post", "/{id}"),
+            ("submit", "post", "/queue/{id}"),
+            ("status", "get", "/queue/{id}/requests/{{request_id}}/status"),
+            ("status_stream", "get", "/queue/{id}/requests/{{request_id}}/status/stream"),
+            ("result", "get", "/queue/{id}/requests/{{request_id}}"),
+            ("cancel", "put", "/queue/{id}/requests/{{request_id}}/cancel"),
+        )
+        # fal-ai/flux-2 is the app id itself: its request routes are the app's
+        if kind in ("run", "submit") or endpoint.id != endpoint.app_id
+    },  # fmt: skip
 }
 SIGNED = {"upload_complete", "upload_put", "upload_put_part"}
 BEARER = {"files_upload", "files_upload_multipart", "files_upload_complete", "files_upload_part"}
