@@ -277,22 +277,28 @@ class ParallelEngine:
             elif kind == "error":
                 raise message[1]
             else:  # "fatal", or anything unexpected
-                raise self._down(f"rank {index}: {message[1] if len(message) > 1 else message}")
+                raise self._down(self._cause(index, message))
+
+    def set_profiling(self, on: bool) -> None:
+        """Time the collectives of the next batches with the torch profiler (benchmarks)."""
+        for rank in self._ranks:
+            rank.conn.send(("profile", on))
 
     def rank_stats(self) -> list[dict[str, Any]]:
         """Every rank's counters (time denoising, in broadcasts and collectives, memory)."""
         for rank in self._ranks:
             rank.conn.send(("stats",))
-        stats = [self._receive_from(rank) for rank in self._ranks]
-        return [message[1] for message in stats]
+        return [self._receive(only=rank)[1][1] for rank in list(self._ranks)]
 
     # -- the ranks ---------------------------------------------------------------------------
 
-    def _receive(self) -> tuple[int, tuple[Any, ...]]:
-        """The next message from any rank; a rank that died brings the group down."""
+    def _receive(self, only: _Rank | None = None) -> tuple[int, tuple[Any, ...]]:
+        """The next message from any rank (or from ``only``); a rank that died brings the group
+        down."""
         while True:
-            ready = wait([rank.conn for rank in self._ranks])
-            for rank in self._ranks:
+            watched = [only] if only is not None else self._ranks
+            ready = wait([rank.conn for rank in watched])
+            for rank in watched:
                 if rank.conn not in ready:
                     continue
                 try:
@@ -301,11 +307,18 @@ class ParallelEngine:
                     raise self._down(self._obituary(rank)) from None
                 return rank.index, message
 
-    def _receive_from(self, rank: _Rank) -> tuple[Any, ...]:
-        while True:
-            index, message = self._receive()
-            if index == rank.index:
-                return message
+    def _cause(self, index: int, message: tuple[Any, ...]) -> str:
+        """Why the group failed: a rank that died is the cause (the others' collectives fail
+        because of it), else what the reporting rank said."""
+        said = f"rank {index}: {message[1] if len(message) > 1 else message}"
+        for rank in self._ranks:
+            rank.process.join(0.5)
+        dead = [
+            self._obituary(rank)
+            for rank in self._ranks
+            if rank.index != index and rank.process.exitcode not in (None, 0)
+        ]
+        return f"{'; '.join(dead)} ({said})" if dead else said
 
     def _obituary(self, rank: _Rank) -> str:
         rank.process.join(5)

@@ -92,7 +92,8 @@ class RankSpec:
         timeout_s: how long a collective waits for the other ranks before it raises.
         threads: CPU threads (the CPU's cores shared between the ranks).
         log_level: the driver's logging level.
-        profile: time the collectives inside each denoising with the torch profiler (benchmarks).
+        profile: time the collectives inside each denoising with the torch profiler (benchmarks;
+            the driver can turn it on and off later).
     """
 
     rank: int
@@ -118,7 +119,8 @@ class RankEngine(Flux2Engine):
         self.group_plan: GroupPlan | None = None
         self.load_seconds = 0.0
         self.denoise_seconds = 0.0
-        self.comm_seconds = 0.0  # profiled collectives, with ``spec.profile``
+        self.comm_seconds = 0.0  # profiled collectives, while ``profiling``
+        self.profiling = spec.profile
         self.steps = 0
         self._driver: Connection | None = None
         self._ask = False
@@ -370,8 +372,8 @@ class RankEngine(Flux2Engine):
 
     @contextmanager
     def _profiled(self) -> Iterator[None]:
-        """With ``spec.profile``: add the time spent in collectives to ``comm_seconds``."""
-        if not self.spec.profile:
+        """While ``profiling``: add the time spent in collectives to ``comm_seconds``."""
+        if not self.profiling:
             yield
             return
         from torch.profiler import ProfilerActivity, profile
@@ -396,6 +398,7 @@ class RankEngine(Flux2Engine):
             "rank": self.rank,
             "pid": os.getpid(),
             "device": str(self.device),
+            "threads": torch.get_num_threads(),
             "load_s": round(self.load_seconds, 2),
             "plan": plan.lines() if plan is not None and self.rank == 0 else [],
             "plan_reason": plan.reason if plan is not None else "",
@@ -412,7 +415,7 @@ class RankEngine(Flux2Engine):
             "pid": os.getpid(),
             "steps": self.steps,
             "denoise_s": round(self.denoise_seconds, 4),
-            "comm_s": round(self.comm_seconds, 4) if self.spec.profile else None,
+            "comm_s": round(self.comm_seconds, 4),
             "share_s": round(link.share_s, 4),
             "agree_s": round(link.agree_s, 4),
             "bytes_shared": link.bytes_shared,
@@ -446,6 +449,8 @@ def serve(engine: RankEngine, driver: Connection) -> None:
             return
         if kind == "stats":
             driver.send(("stats", engine.stats()))
+        elif kind == "profile":
+            engine.profiling = bool(message[1])
         elif kind == "run":
             engine.lead(driver, message[1], ask=message[2])
         elif kind == "follow":
