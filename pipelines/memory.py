@@ -112,6 +112,20 @@ class ComponentSizes:
         return self.transformer + self.text_encoder + self.vae
 
 
+#: FLUX.2 [dev] in bf16, for planning without the checkpoint (docs, tables): the transformer,
+#: its fp8 size and its tensor-parallel share counted on a meta-device model with the real
+#: configuration; the text encoder (24.01 B parameters; 17.9 B encode-only) and the VAE (84.0 M)
+#: from ``docs/reference/flux2-diffusers.md`` §2.8 and §4.
+FLUX2_DEV = ComponentSizes(
+    transformer=64_446_562_304,
+    text_encoder=48_020_000_000,
+    vae=168_000_000,
+    transformer_fp8=32_239_985_152,
+    text_encoder_encode_only=35_800_000_000,
+    transformer_tp_sharded=62_813_896_704,
+)
+
+
 @dataclass(frozen=True)
 class Plan:
     """The profile to use and why.
@@ -556,6 +570,7 @@ def _gb(count: int) -> str:
 
 __all__ = [
     "ENCODE_ONLY_TEXT_LAYERS",
+    "FLUX2_DEV",
     "PROFILE_CHOICES",
     "GROUP_PROFILES",
     "ComponentSizes",
