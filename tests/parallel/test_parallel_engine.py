@@ -169,3 +169,21 @@ def test_a_killed_rank_brings_the_group_down(config: Flux2EngineConfig) -> None:
                 os.kill(pid, 0)
     finally:
         engine.close()
+
+
+def test_ranks_count_their_work_and_time_their_collectives(ulysses: ParallelEngine) -> None:
+    small = EditRequest("s", "a red car", (noise(112, 144, 1),), ImageSize(64, 64), seed=1)
+    before = ulysses.rank_stats()
+    ulysses.set_profiling(True)
+    try:
+        ulysses.run([small])
+    finally:
+        ulysses.set_profiling(False)
+    after = ulysses.rank_stats()
+    assert [s["rank"] for s in after] == [0, 1]
+    assert [s["pid"] for s in after] == ulysses.pids
+    for old, new in zip(before, after, strict=True):
+        assert new["steps"] - old["steps"] == 2
+        assert new["denoise_s"] > old["denoise_s"]
+        assert 0 < new["comm_s"] - old["comm_s"] < new["denoise_s"] - old["denoise_s"]
+        assert new["bytes_shared"] > old["bytes_shared"]  # the batch went to every rank
