@@ -34,7 +34,7 @@ import importlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -871,9 +871,15 @@ def _set_attention_backend(transformer: Any, name: str, device: torch.device) ->
     logger.info("attention backend: %s", name)
 
 
-def _choose_attention_backend(transformer: Any, device: torch.device, dtype: torch.dtype) -> str:
+def _choose_attention_backend(
+    transformer: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    only: Collection[str] | None = None,
+) -> str:
     """``attention_backend=auto``: the first of FlashAttention 3 (Hopper: the local build, then
-    the hub kernel), FlashAttention 2 and ``native`` that is installed and loads."""
+    the hub kernel), FlashAttention 2 and ``native`` that is installed and loads (and is in
+    ``only``, when given: context parallelism needs a backend that supports it)."""
     wanted = []
     if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
         if torch.cuda.get_device_capability(device)[0] == 9:
@@ -881,7 +887,7 @@ def _choose_attention_backend(transformer: Any, device: torch.device, dtype: tor
         wanted.append("flash")
     available = set(available_attention_backends(device))
     for name in [*wanted, "native"]:
-        if name not in available:
+        if name not in available or (only is not None and name not in only):
             continue
         try:
             transformer.set_attention_backend(name)

@@ -266,7 +266,14 @@ class RankEngine(Flux2Engine):
     def _set_attention(self, transformer: Any) -> None:
         backend = self.config.attention_backend
         if backend == AUTO:
-            self.attention_backend = _choose_attention_backend(transformer, self.device, self.dtype)
+            only = None
+            if self.layout.kind == "ulysses":  # the backends that can split attention
+                from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+                only = set(_AttentionBackendRegistry._supports_context_parallel)
+            self.attention_backend = _choose_attention_backend(
+                transformer, self.device, self.dtype, only
+            )
         elif backend is not None:
             _set_attention_backend(transformer, backend, self.device)
             self.attention_backend = backend
