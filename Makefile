@@ -51,7 +51,7 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy core service pipelines weights benchmarks
 
-# The four benchmarks of benchmarks/RESULTS.md (the GPU one skips itself without CUDA), then the
+# The benchmarks of benchmarks/RESULTS.md (the GPU one skips itself without CUDA), then the
 # plot; results land in benchmarks/results/. e.g. make bench BENCH_ARGS="--only bench_gpu"
 bench: install
 	$(PY) -m benchmarks.run_all $(BENCH_ARGS)

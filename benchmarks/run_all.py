@@ -1,4 +1,4 @@
-"""Run the four benchmarks in order (``make bench``), each in its own process.
+"""Run the benchmarks in order (``make bench``), each in its own process.
 
 Usage::
 
@@ -26,7 +26,7 @@ from typing import Any
 from benchmarks import plot
 from benchmarks.common import REPO_ROOT, RESULTS_DIR, git_info, write_json
 
-SCRIPTS = ("bench_service", "bench_batching", "bench_prompt_cache", "bench_gpu")
+SCRIPTS = ("bench_service", "bench_batching", "bench_prompt_cache", "bench_api_load", "bench_gpu")
 
 
 @dataclass(frozen=True)

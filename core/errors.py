@@ -23,6 +23,7 @@ Our exception hierarchy::
     ├── WorkerDead                  503  runner_connection_error (fatal: restart the worker)
     ├── UnreadableJob               500  internal_server_error   (a stored job cannot be parsed)
     ├── StorageError                500  internal_error
+    │   └── QueueUnavailable        503  runner_scheduling_failure (Redis unreachable: retry)
     ├── WeightsError                500  weights_error           (start-up: setup_failed)
     └── ConfigError                 500  config_error            (bad settings or arguments)
 """
@@ -164,6 +165,14 @@ class UnreadableJob(Flux2Error):
 class StorageError(Flux2Error):
     code = "internal_error"
     http_status = 500
+
+
+class QueueUnavailable(StorageError):
+    """The queue or the store cannot be reached (Redis down or restarting). Transient: API
+    nodes answer 503 with Retry-After, workers wait and retry."""
+
+    code = "runner_scheduling_failure"
+    http_status = 503
 
 
 class WeightsError(Flux2Error):

@@ -1,8 +1,10 @@
 """A deterministic, instant engine for service tests and local development.
 
 It honours the engine contract (validation, one progress event per step, cancellation before
-every step, one image per ``seed + k``) and draws a picture from the prompt, the seed and the
-first reference, so tests can tell outputs apart without running a model.
+every step, one image per ``seed + k``, previews at the steps the request's ``previews`` pick)
+and draws a picture from the prompt, the seed and the first reference, so tests can tell outputs
+apart without running a model. A preview is the final picture, small and faded towards grey by
+how many steps are left.
 """
 
 from __future__ import annotations
@@ -15,7 +17,16 @@ from PIL import Image, ImageDraw
 
 from pipelines.prompt_cache import CacheStats
 from pipelines.sizes import REFERENCE_PIXELS
-from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback, StepEvent
+from pipelines.types import (
+    CancelCheck,
+    EditRequest,
+    EditResult,
+    Preview,
+    StepCallback,
+    StepEvent,
+    preview_plan,
+    preview_size,
+)
 
 
 class FakeEngine:
@@ -58,6 +69,7 @@ class FakeEngine:
         self.calls.append(tuple(r.request_id for r in batch))
         started = time.perf_counter()
         alive = list(range(len(batch)))
+        due = preview_plan(batch, self._num_steps)
         for step in range(1, self._num_steps + 2):
             if should_cancel is not None:
                 alive = [i for i in alive if not should_cancel(batch[i].request_id)]
@@ -66,7 +78,15 @@ class FakeEngine:
             if self.step_seconds:
                 time.sleep(self.step_seconds)
             if on_step is not None:
-                on_step(StepEvent(step, self._num_steps, tuple(batch[i].request_id for i in alive)))
+                shown = tuple(
+                    Preview(
+                        batch[j].request_id, k, step, self._num_steps, self._preview(batch[j], step)
+                    )
+                    for j, k in due.get(step, ())
+                    if j in alive
+                )
+                ids = tuple(batch[i].request_id for i in alive)
+                on_step(StepEvent(step, self._num_steps, ids, shown))
         elapsed = time.perf_counter() - started
         results = []
         for i, request in enumerate(batch):
@@ -88,16 +108,31 @@ class FakeEngine:
             )
         return results
 
+    def _preview(self, request: EditRequest, step: int) -> Image.Image:
+        prompt = _expand(request.prompt) if request.enable_prompt_expansion else request.prompt
+        small = _draw(request, prompt, request.seed).resize(preview_size(request.size))
+        grey = Image.new("RGB", small.size, (128, 128, 128))
+        return Image.blend(grey, small, step / self._num_steps)
+
 
 def _expand(prompt: str) -> str:
     return f"{prompt}, rendered in rich detail with natural lighting"
 
 
 def _draw(request: EditRequest, prompt: str, seed: int) -> Image.Image:
-    digest = hashlib.sha256(f"{prompt}\0{seed}".encode()).digest()
+    # Outputs depend on what the real engine's would: the regime, steps and adapters too (the
+    # default regime keeps the digest of the flash edit, so recorded outputs stay the same).
+    recipe = (
+        ""
+        if (request.regime, request.steps, request.loras) == ("turbo", None, ())
+        else f"\0{request.regime}\0{request.steps}\0"
+        + ",".join(f"{lora.name}:{lora.scale:g}" for lora in request.loras)
+    )
+    digest = hashlib.sha256(f"{prompt}\0{seed}{recipe}".encode()).digest()
     image = Image.new("RGB", (request.size.width, request.size.height), tuple(digest[:3]))
-    reference = request.images[0].convert("RGB").resize((request.size.width // 2,) * 2)
-    image.paste(reference, (request.size.width // 4, request.size.height // 4))
+    if request.images:  # text-to-image requests have none
+        reference = request.images[0].convert("RGB").resize((request.size.width // 2,) * 2)
+        image.paste(reference, (request.size.width // 4, request.size.height // 4))
     ImageDraw.Draw(image).rectangle(
         (0, 0, request.size.width - 1, 7), fill=(digest[3], digest[4], digest[5])
     )

@@ -53,6 +53,7 @@ from core.errors import (
     OutOfMemory,
     WeightsError,
 )
+from pipelines import previews
 from pipelines.memory import (
     ENCODE_ONLY_TEXT_LAYERS,
     ComponentSizes,
@@ -66,7 +67,15 @@ from pipelines.prompt_cache import CacheStats, PromptEmbeddingCache
 from pipelines.references import resize_reference
 from pipelines.schedules import SCHEDULES, FlashSchedule
 from pipelines.sizes import DEFAULT_PRESET, PRESETS, REFERENCE_PIXELS, ImageSize
-from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback, StepEvent
+from pipelines.types import (
+    CancelCheck,
+    EditRequest,
+    EditResult,
+    Preview,
+    StepCallback,
+    StepEvent,
+    preview_plan,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -190,20 +199,6 @@ def wanted_by(
         return {i for i in alive if not should_cancel(requests[i].request_id)}
 
     return decide
-
-
-def step_reporter(
-    requests: Sequence[EditRequest], steps: int, on_step: StepCallback | None
-) -> Callable[[int, set[int]], None] | None:
-    """``on_step`` as :meth:`Flux2Engine._denoise` calls it: step ``i`` done, ``alive`` left."""
-    if on_step is None:
-        return None
-    report = on_step
-
-    def stepped(i: int, alive: set[int]) -> None:
-        report(StepEvent(i + 1, steps, tuple(requests[j].request_id for j in sorted(alive))))
-
-    return stepped
 
 
 class Flux2Engine:
@@ -429,7 +424,7 @@ class Flux2Engine:
 
         # 7. Denoising loop, dropping cancelled requests before every step.
         mark = time.perf_counter()
-        stepped = step_reporter(requests, work.steps, on_step)
+        stepped = self._reporter(requests, work, on_step)
         alive = self._denoise(work, wanted_by(requests, should_cancel), stepped)
         timings["denoise"] = time.perf_counter() - mark
         return self._finish(requests, work, alive, timings, started)  # step 8
@@ -527,13 +522,14 @@ class Flux2Engine:
         self,
         work: Denoising,
         decide: Callable[[set[int]], set[int]],
-        stepped: Callable[[int, set[int]], None] | None = None,
+        stepped: Callable[[int, set[int], torch.Tensor], None] | None = None,
     ) -> set[int]:
         """Step 7: the denoising loop; returns the requests still wanted at its end.
 
         ``decide(alive)`` answers which requests are still wanted before every step and once
         after the last; the rows of the others are dropped at once, and when none is left the
-        loop stops (nothing is decoded). ``stepped(i, alive)`` follows every step.
+        loop stops (nothing is decoded). ``stepped(i, alive, before)`` follows every step, with
+        the latents from before it (for previews).
         """
         pipe = self.pipe
         rows = work.rows
@@ -544,9 +540,10 @@ class Flux2Engine:
             if not alive:
                 return alive
             rows.keep(alive)
+            before = rows.latents
             rows.latents = self._step(pipe, rows, t)
             if stepped is not None:
-                stepped(i, alive)
+                stepped(i, alive, before)
         alive = decide(alive)
         if alive:
             rows.keep(alive)
@@ -650,6 +647,58 @@ class Flux2Engine:
         if self.config.prompt_cache_bytes:
             self.prompt_cache.put(key, (embeds, text_ids))
         return embeds, text_ids
+
+    def _reporter(
+        self, requests: Sequence[EditRequest], work: Denoising, on_step: StepCallback | None
+    ) -> Callable[[int, set[int], torch.Tensor], None] | None:
+        """``on_step`` as :meth:`_denoise` calls it: step ``i`` done, ``alive`` left, with the
+        previews due after it (pipelines/previews.py; drawn from ``work``'s rows)."""
+        if on_step is None:
+            return None
+        report = on_step
+        listed = list(requests)
+        due = preview_plan(listed, work.steps)
+
+        def stepped(i: int, alive: set[int], before: torch.Tensor) -> None:
+            shown = self._previews(listed, alive, work.rows, before, i, due) if due else ()
+            ids = tuple(listed[j].request_id for j in sorted(alive))
+            report(StepEvent(i + 1, work.steps, ids, shown))
+
+        return stepped
+
+    def _previews(
+        self,
+        requests: list[EditRequest],
+        alive: set[int],
+        rows: Rows,
+        before: torch.Tensor,
+        index: int,
+        due: dict[int, list[tuple[int, int]]],
+    ) -> tuple[Preview, ...]:
+        """The previews due after step ``index`` (0-based): the x0 estimate of the first row of
+        each request that wants one now, drawn by :func:`pipelines.previews.render`."""
+        wanted = [(j, k) for j, k in due.get(index + 1, ()) if j in alive]
+        if not wanted:
+            return ()
+        picked = torch.tensor([rows.owners.index(j) for j, _ in wanted], device=before.device)
+        sigmas = self.pipe.scheduler.sigmas
+        x0 = previews.x0_estimate(
+            before.index_select(0, picked),
+            rows.latents.index_select(0, picked),
+            float(sigmas[index]),
+            float(sigmas[index + 1]),
+        )
+        total = len(sigmas) - 1
+        images = previews.render(
+            self.pipe,
+            x0,
+            rows.latent_ids.index_select(0, picked),
+            [requests[j].size for j, _ in wanted],
+        )
+        return tuple(
+            Preview(requests[j].request_id, k, index + 1, total, image)
+            for (j, k), image in zip(wanted, images, strict=True)
+        )
 
     @staticmethod
     def _step(pipe: Flux2Pipeline, rows: Rows, t: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,6 @@ from pipelines.flux2 import (
     _set_attention_backend,
     _trim_text_encoder,
     quiet_libraries,
-    step_reporter,
 )
 from pipelines.group import END, GroupLink, adapt_diffusers_to_cpu, join_group
 from pipelines.layout import ParallelLayout
@@ -363,7 +362,7 @@ class RankEngine(Flux2Engine):
         on_step: StepCallback | None,
         requests: list[EditRequest] | None,
     ) -> set[int]:
-        stepped = step_reporter(requests, work.steps, on_step) if requests else None
+        stepped = self._reporter(requests, work, on_step) if requests else None
         started = time.perf_counter()
         try:
             with self._profiled():

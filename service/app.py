@@ -22,7 +22,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import Flux2Error, QueueFull, Unauthorized
+from core.errors import Flux2Error, QueueFull, QueueUnavailable, Unauthorized
 from service.auth import ApiKeys
 from service.fal_errors import error_body, pydantic_problems
 from service.job_access import AsyncJobs
@@ -34,13 +34,16 @@ from service.queue.base import JobQueue
 from service.routes import files as files_routes
 from service.routes import health as health_routes
 from service.routes import metrics as metrics_routes
+from service.routes import openai as openai_routes
 from service.routes import playground as playground_routes
 from service.routes import queue as queue_routes
 from service.routes import run as run_routes
+from service.routes import storage as storage_routes
 from service.schema import openapi_components
 from service.settings import Settings
 from service.status import WorkerHandle
 from service.storage.base import ArtifactStore
+from service.uploads import Uploads, UploadSigner
 from service.webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
@@ -56,6 +59,8 @@ class AppState:
     webhooks: WebhookSender | None
     keys: ApiKeys
     metrics: Metrics
+    uploads: Uploads
+    upload_signer: UploadSigner
 
 
 def create_app(
@@ -66,8 +71,11 @@ def create_app(
     worker: WorkerHandle | None = None,
     webhooks: WebhookSender | None = None,
     metrics: Metrics | None = None,
+    uploads: ArtifactStore | None = None,
 ) -> FastAPI:
     """The HTTP app. ``worker`` (if any) is started and stopped with the app.
+
+    ``uploads`` is the store of files clients upload (the bootstrap's; None: the output store).
 
     ``metrics`` (made here when None) is served at ``/metrics``; give an embedded worker the
     same one (the bootstrap does) so its job metrics appear there too.
@@ -82,6 +90,7 @@ def create_app(
         try:
             yield
         finally:
+            app.state.flux2.jobs.close()
             if worker is not None:
                 worker.stop()
             queue.close()
@@ -101,6 +110,13 @@ def create_app(
         webhooks=webhooks,
         keys=ApiKeys(settings.http.api_keys),
         metrics=metrics,
+        uploads=Uploads(
+            uploads if uploads is not None else store,
+            max_bytes=settings.storage.upload_max_bytes,
+        ),
+        upload_signer=UploadSigner.from_setting(
+            secret.get_secret_value() if (secret := settings.storage.upload_secret) else None
+        ),
     )
     app.include_router(run_routes.router)
     app.include_router(queue_routes.router)
@@ -108,6 +124,8 @@ def create_app(
     app.include_router(health_routes.router)
     app.include_router(metrics_routes.router)
     app.include_router(playground_routes.router)
+    app.include_router(storage_routes.router)
+    app.include_router(openai_routes.router)
     _add_error_handlers(app)
     _add_input_schema(app)
     app.add_middleware(UnexpectedErrorMiddleware)  # innermost: its 500 still gets CORS and ids
@@ -153,7 +171,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Flux2Error)
     async def on_flux2_error(request: Request, exc: Flux2Error) -> JSONResponse:
         headers = {"X-Fal-Error-Type": exc.code}
-        if isinstance(exc, QueueFull):
+        if isinstance(exc, QueueFull | QueueUnavailable):
             headers["Retry-After"] = "5"
         if isinstance(exc, Unauthorized):
             headers["WWW-Authenticate"] = "Key"

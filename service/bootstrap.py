@@ -58,6 +58,7 @@ class Components:
     webhooks: WebhookSender
     metrics: Metrics
     worker: Worker | None
+    uploads: ArtifactStore | None = None  # files clients uploaded (None: the output store)
 
     def close(self) -> None:
         """Stop sending webhooks and close the queue (after the worker stopped)."""
@@ -100,6 +101,21 @@ def make_store(settings: Settings) -> ArtifactStore:
     return LocalArtifactStore(settings.storage.files_root)
 
 
+def make_upload_store(settings: Settings) -> ArtifactStore:
+    """Where uploads live (``service/uploads.py``): Redis when the queue is, else local disk;
+    either way they expire after ``upload_ttl_seconds``."""
+    storage = settings.storage
+    if settings.queue.redis_url:
+        from service.storage.redis import RedisArtifactStore
+
+        return RedisArtifactStore(
+            settings.queue.redis_url, ttl=storage.upload_ttl_seconds, key_prefix="flux2:uploads:"
+        )
+    from service.storage.local import LocalArtifactStore
+
+    return LocalArtifactStore(storage.uploads_root, ttl=storage.upload_ttl_seconds)
+
+
 def worker_options(settings: Settings, role: Role) -> WorkerOptions:
     """The worker's options. A lone ``serve`` worker fails jobs when its model cannot load and
     prefetches freely; workers sharing Redis leave jobs to others (see ``prefetch_steps``)."""
@@ -108,6 +124,7 @@ def worker_options(settings: Settings, role: Role) -> WorkerOptions:
         max_batch_images=settings.batching.max_batch_images,
         batch_window=settings.batching.batch_window_ms / 1000,
         reference_pixels=settings.engine.reference_pixels,
+        warmup=settings.engine.warmup,
         fail_jobs_when_broken=role is Role.SERVE,
         # With Redis other workers may be idle: a busy one takes the next batch's jobs only in
         # its last steps (enough to prepare them before the GPU is free).
@@ -150,6 +167,7 @@ def build(
     store: ArtifactStore | None = None,
     webhooks: WebhookSender | None = None,
     metrics: Metrics | None = None,
+    uploads: ArtifactStore | None = None,
     options: Mapping[str, Any] | None = None,
 ) -> Components:
     """The components of a ``role`` process.
@@ -157,13 +175,14 @@ def build(
     Args:
         engine: the engine factory (default: FLUX.2 as the settings say).
         safety: the safety checker factory (default: the configured one, loaded now).
-        queue, store, webhooks, metrics: made from the settings when not given.
+        queue, store, webhooks, metrics, uploads: made from the settings when not given.
         options: :class:`WorkerOptions` fields to change (tests: ``warmup``, ``claim_timeout``).
     """
     queue = queue if queue is not None else make_queue(settings, role)
     store = store if store is not None else make_store(settings)
     webhooks = webhooks if webhooks is not None else WebhookSender.from_settings(settings.webhooks)
     metrics = metrics if metrics is not None else Metrics()
+    uploads = uploads if uploads is not None else make_upload_store(settings)
     worker = None
     if role is not Role.API:
         if safety is None:
@@ -178,15 +197,24 @@ def build(
             name=consumer_name(role),
             safety_factory=safety,
             metrics=metrics,
+            model=settings.engine.model,
+            uploads=uploads,
         )
     metrics.bind(queue=queue, worker=worker)
-    return Components(settings, role, queue, store, webhooks, metrics, worker)
+    return Components(settings, role, queue, store, webhooks, metrics, worker, uploads)
 
 
 def build_app(components: Components) -> FastAPI:
     """The HTTP app of ``components`` (its worker, if any, starts and stops with it)."""
     from service.app import create_app
 
+    settings = components.settings
+    if settings.queue.redis_url and settings.storage.upload_secret is None:
+        logger.warning(
+            "FLUX2_UPLOAD_SECRET is not set: upload URLs are signed with a key of this process "
+            "only, so an upload started here must be finished here (set the same secret on "
+            "every API node)"
+        )
     return create_app(
         components.settings,
         queue=components.queue,
@@ -194,4 +222,5 @@ def build_app(components: Components) -> FastAPI:
         worker=components.worker,
         webhooks=components.webhooks,
         metrics=components.metrics,
+        uploads=components.uploads,
     )

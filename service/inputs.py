@@ -109,6 +109,45 @@ def decode_image(data: bytes, *, index: int = 0, source: str | None = None) -> I
     return _normalise(image)
 
 
+def sniff_image(data: bytes, *, loc: tuple[str | int, ...]) -> str:
+    """The content type of image ``data``, from its header only (nothing is decoded): one of
+    the four supported formats, within the size limits; the errors :func:`decode_image` raises
+    (located at ``loc``) otherwise."""
+    try:
+        with Image.open(io.BytesIO(data), formats=SUPPORTED_FORMATS) as image:
+            fmt, width, height = image.format, image.width, image.height
+    except UnidentifiedImageError as exc:
+        other = _other_format(data)
+        raise UnsupportedImageFormat(
+            f"Unsupported image format {other}; use PNG, JPEG, WebP or GIF"
+            if other
+            else "Not an image (or a format other than PNG, JPEG, WebP or GIF)",
+            loc=loc,
+            ctx=_formats_ctx(),
+        ) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(
+            f"Image is too large; at most {MAX_SIDE}x{MAX_SIDE} pixels",
+            loc=loc,
+            ctx={"max_width": MAX_SIDE, "max_height": MAX_SIDE},
+        ) from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageLoadError(f"Could not read the image: {exc}", loc=loc) from exc
+    if fmt not in SUPPORTED_FORMATS:
+        raise UnsupportedImageFormat(
+            f"Unsupported image format {fmt}; use PNG, JPEG, WebP or GIF",
+            loc=loc,
+            ctx=_formats_ctx(),
+        )
+    if width * height > MAX_IMAGE_PIXELS or max(width, height) > MAX_SIDE:
+        raise ImageTooLarge(
+            f"Image is {width}x{height}; at most {MAX_SIDE}x{MAX_SIDE} pixels",
+            loc=loc,
+            ctx={"max_width": MAX_SIDE, "max_height": MAX_SIDE},
+        )
+    return f"image/{fmt.lower()}"
+
+
 # Signatures of common formats we do not decode, only to name them in the error (never parsed).
 _OTHER_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
     (0, b"BM", "BMP"),

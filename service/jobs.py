@@ -116,6 +116,8 @@ class Job:
     cancel_requested: bool = False
     deliveries: int = 0  # how many times a worker claimed it (crash recovery counts up)
     owner: str | None = None  # fingerprint of the API key that submitted it
+    previews: int = 0  # step previews wanted (0..3): service/previews.py
+    output_compression: int | None = None  # JPEG/WebP quality asked for (OpenAI); None: ours
     input_error: str | None = None  # why a stored input could not be parsed back (not stored)
 
     @property
@@ -189,6 +191,30 @@ class Reaped:
 
     def __bool__(self) -> bool:
         return bool(self.requeued or self.failed)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker as it announces itself (every few seconds) so API nodes know who is alive.
+
+    ``state`` is the worker's :class:`~service.status.WorkerState` value (``starting`` while the
+    model loads, ``ready``, ``busy``, ``draining``, ...); ``seen_at`` is the unix time of the
+    announcement.
+    """
+
+    name: str
+    state: str
+    model: str | None = None
+    host: str = ""
+    pid: int = 0
+    seen_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WorkerInfo:
+        return cls(**data)
 
 
 @dataclass(frozen=True)

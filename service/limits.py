@@ -25,8 +25,9 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
+        path = str(scope.get("path", ""))
         if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+            await self._reject(send, path)
             return
         received = 0
         started = False
@@ -42,7 +43,7 @@ class BodyLimitMiddleware:
                 if received > self.max_bytes:
                     rejected = True
                     if not started:
-                        await self._reject(send)
+                        await self._reject(send, path)
                     return {"type": "http.disconnect"}
             return message
 
@@ -61,13 +62,14 @@ class BodyLimitMiddleware:
                 raise
             # the app failed reading a body we cut off (ClientDisconnect): already answered
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "detail": f"Request body is larger than {self.max_bytes} bytes",
-                "error_type": "request_too_large",
-            }
-        ).encode()
+    async def _reject(self, send: Send, path: str = "") -> None:
+        message = f"Request body is larger than {self.max_bytes} bytes"
+        if path.startswith("/v1/"):  # the OpenAI routes answer in OpenAI's error shape
+            error = {"message": message, "type": "invalid_request_error", "param": None,
+                     "code": "request_too_large"}  # fmt: skip
+            body = json.dumps({"error": error}).encode()
+        else:
+            body = json.dumps({"detail": message, "error_type": "request_too_large"}).encode()
         await send(
             {
                 "type": "http.response.start",

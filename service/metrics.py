@@ -32,6 +32,7 @@ from prometheus_client.process_collector import ProcessCollector
 from pipelines.prompt_cache import CacheStats
 from service.jobs import Job, Outcome
 from service.queue.base import JobQueue
+from service.status import WorkerState
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "WorkerProbe"]
 
@@ -218,14 +219,33 @@ class _LiveCollector:
         yield from _gpu_memory()
 
     def _queue_depth(self) -> Iterable[Metric]:
+        """Depth, the oldest waiting job's age and the live workers (read from the queue: on
+        Redis, every node sees the same). Left out when the queue cannot be read."""
         if self.queue is None:
             return []
         try:
-            value = int(self.queue.depth())
+            depth = int(self.queue.depth())
+            oldest = self.queue.oldest_queued_age()
+            workers = self.queue.live_workers()
         except Exception as exc:  # a scrape must not fail because Redis is away
-            logger.warning("queue depth unavailable: %s", exc)
+            logger.warning("queue metrics unavailable: %s", exc)
             return []
-        return [GaugeMetricFamily("flux2_queue_depth", "Jobs waiting in the queue.", value=value)]
+        live = GaugeMetricFamily(
+            "flux2_live_workers",
+            "Workers that announced themselves within their lease, by state (all nodes).",
+            labels=["state"],
+        )
+        for state in WorkerState:
+            live.add_metric([state.value], float(sum(w.state == state.value for w in workers)))
+        return [
+            GaugeMetricFamily("flux2_queue_depth", "Jobs waiting in the queue.", value=depth),
+            GaugeMetricFamily(
+                "flux2_oldest_queued_seconds",
+                "How long the oldest waiting job has waited (0 when none waits).",
+                value=oldest or 0.0,
+            ),
+            live,
+        ]
 
 
 def _prompt_cache(stats: CacheStats | None) -> Iterable[Metric]:

@@ -41,8 +41,12 @@ SAVE_OPTIONS: dict[OutputFormat, dict[str, int]] = {
 }
 
 
-def encode_image(image: Image.Image, fmt: OutputFormat) -> bytes:
-    """The image as ``fmt`` bytes: PNG lossless, JPEG quality 95, WebP quality 90."""
+def encode_image(image: Image.Image, fmt: OutputFormat, *, quality: int | None = None) -> bytes:
+    """The image as ``fmt`` bytes: PNG lossless, JPEG quality 95, WebP quality 90, or JPEG and
+    WebP at ``quality`` (0..100; PNG ignores it)."""
+    options = dict(SAVE_OPTIONS[fmt])
+    if quality is not None and fmt is not OutputFormat.PNG:
+        options["quality"] = max(0, min(100, quality))
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format=fmt.pillow_name, **SAVE_OPTIONS[fmt])
+    image.convert("RGB").save(buffer, format=fmt.pillow_name, **options)
     return buffer.getvalue()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
@@ -117,6 +117,12 @@ class EngineSettings(_Group):
         default=True,
         description="false: requests with enable_prompt_expansion get 422, and the text "
         "encoder is trimmed to the 31 layers prompt encoding reads (48 -> 36 GB).",
+    )
+    warmup: bool = Field(
+        default=True,
+        description="Run warm-up edits (a small one, then fal's default 1024² request) before "
+        "reporting ready, so the first request does not pay for lazy initialisation; false "
+        "starts faster (development, tests).",
     )
 
     parallel: str | None = Field(
@@ -241,7 +247,8 @@ class QueueSettings(_Group):
 
 
 class StorageSettings(_Group):
-    """Where files live: output images (local disk, or Redis with a queue on Redis) and caches."""
+    """Where files live: output images and uploads (local disk, or Redis with a queue on Redis),
+    and caches."""
 
     cache_dir: Path = Field(
         default_factory=_default_cache_dir,
@@ -251,9 +258,27 @@ class StorageSettings(_Group):
         default=None, description="Where output images are stored (default: cache_dir/files)."
     )
 
+    upload_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs upload URLs and upload tokens (fal storage routes). Set the "
+        "same value on every API node sharing a Redis; unset: a random key per process, so an "
+        "upload must be finished on the node that started it.",
+    )
+    upload_max_bytes: int = Field(
+        default=50 * 1024 * 1024, ge=1024, description="Largest file a client may upload."
+    )
+    upload_ttl_seconds: float = Field(
+        default=3600.0, gt=0, description="How long uploaded files are kept."
+    )
+
     @property
     def files_root(self) -> Path:
         return self.files_dir if self.files_dir is not None else self.cache_dir / "files"
+
+    @property
+    def uploads_root(self) -> Path:
+        """Where uploads live on local disk (beside the output images)."""
+        return self.files_root.parent / f"{self.files_root.name}-uploads"
 
 
 class BatchingSettings(_Group):

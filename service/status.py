@@ -13,14 +13,16 @@ from pipelines.prompt_cache import CacheStats
 
 
 class WorkerState(StrEnum):
-    """After cog: ``starting`` → ``ready`` ⇄ ``busy``; ``setup_failed`` when the engine cannot
-    load (jobs then fail at once with a clear error); ``defunct`` when a worker loop died."""
+    """After cog: ``starting`` → ``ready`` ⇄ ``busy`` → ``draining`` (stopping: the running
+    batch finishes, nothing new is claimed); ``setup_failed`` when the engine cannot load (jobs
+    then fail at once with a clear error); ``defunct`` when a worker loop died."""
 
     STARTING = "starting"
     READY = "ready"
     BUSY = "busy"
     SETUP_FAILED = "setup_failed"
     DEFUNCT = "defunct"
+    DRAINING = "draining"
 
     @property
     def serving(self) -> bool:

@@ -14,10 +14,12 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from core.errors import InvalidRequest
+from pipelines.types import MAX_PREVIEWS
 from service.auth import ApiKeys
 from service.endpoints import DEFAULT_ENDPOINT, Endpoint, EndpointInput
 from service.guard import check_webhook_url
 from service.jobs import Job, JobStatus, JobView, Outcome, Priority
+from service.previews import PREVIEWS_HEADER
 from service.schema import APP_ID
 from service.settings import Settings
 
@@ -112,6 +114,7 @@ def new_job(
                 loc=("header", "x-fal-request-timeout"),
                 input=timeout_header,
             ) from None
+    previews = _previews_wanted(request.headers.get(PREVIEWS_HEADER))
     errors = None
     parsed: EndpointInput | None = None
     try:  # the one validation of the input: the job carries the typed value from here on
@@ -127,8 +130,23 @@ def new_job(
         priority=priority,
         start_deadline=deadline,
         owner=caller(request),
+        previews=previews,
     )
     return job, errors
+
+
+def _previews_wanted(header: str | None) -> int:
+    """``X-Flux2-Previews``: step previews the client wants (service/previews.py), 0..3."""
+    if header is None or not header.strip():
+        return 0
+    value = header.strip()
+    if not value.isdigit() or not 0 <= int(value) <= MAX_PREVIEWS:
+        raise InvalidRequest(
+            f"{PREVIEWS_HEADER} must be a number of previews from 0 to {MAX_PREVIEWS}",
+            loc=("header", PREVIEWS_HEADER),
+            input=value,
+        )
+    return int(value)
 
 
 def status_body(view: JobView, base: str, *, with_logs: bool, logs_from: int = 0) -> dict[str, Any]:

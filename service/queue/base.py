@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
-from service.jobs import CancelResult, Job, JobView, LogEntry, Outcome, Reaped
+from service.jobs import CancelResult, Job, JobView, LogEntry, Outcome, Reaped, WorkerInfo
+
+#: What a change listener is told: a job id (that job changed), or one of these.
+QUEUE_MOVED = "@queue"  # queue positions moved (a job was queued, claimed or left the queue)
+RESYNC = "*"  # changes may have been missed (the feed reconnected): look at everything again
+
+#: Called with a job id, ``QUEUE_MOVED`` or ``RESYNC``, from any thread; must return quickly.
+ChangeListener = Callable[[str], None]
 
 
 class JobQueue(Protocol):
@@ -75,6 +83,30 @@ class JobQueue(Protocol):
 
     def depth(self) -> int:
         """Jobs waiting to be claimed (IN_QUEUE), all priorities; cheap, for metrics."""
+        ...
+
+    def announce(self, worker: WorkerInfo, ttl: float) -> None:
+        """Record that ``worker`` is alive, in its state, for ``ttl`` seconds."""
+        ...
+
+    def withdraw(self, name: str) -> None:
+        """Forget a worker that stopped."""
+        ...
+
+    def live_workers(self) -> list[WorkerInfo]:
+        """The workers whose last announcement has not lapsed, by name. Raises
+        ``QueueUnavailable`` when the queue cannot be reached (readiness says so)."""
+        ...
+
+    def oldest_queued_age(self) -> float | None:
+        """Seconds the oldest waiting job has waited; None when none waits (for metrics)."""
+        ...
+
+    def watch(self, listener: ChangeListener) -> Callable[[], None]:
+        """Call ``listener`` after every change of a job's status, logs or outcome, and when
+        queue positions move; returns the function that stops it. On Redis one subscription
+        per queue object feeds every listener, whichever node made the change; after a
+        reconnect listeners get ``RESYNC``."""
         ...
 
     def close(self) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections.abc import Callable
 
 from core.errors import QueueFull
 from service.jobs import (
@@ -16,8 +18,12 @@ from service.jobs import (
     Outcome,
     Priority,
     Reaped,
+    WorkerInfo,
 )
 from service.outcomes import CANCELLED
+from service.queue.base import QUEUE_MOVED, ChangeListener
+
+logger = logging.getLogger(__name__)
 
 
 class InMemoryJobQueue:
@@ -31,6 +37,8 @@ class InMemoryJobQueue:
         self._lock = threading.Lock()
         self._ready = threading.Condition(self._lock)
         self._closed = False
+        self._listeners: list[ChangeListener] = []
+        self._workers: dict[str, tuple[WorkerInfo, float]] = {}  # name -> (info, expires at)
 
     def submit(self, job: Job) -> None:
         with self._lock:
@@ -48,11 +56,13 @@ class InMemoryJobQueue:
                 ]
                 self._pending.insert(lows[0] if lows else len(self._pending), job.id)
             self._ready.notify()
+        self._changed(job.id, QUEUE_MOVED)
 
     def finish_now(self, job: Job, outcome: Outcome) -> None:
         with self._lock:
             self._jobs[job.id] = job
             self._finish(job, outcome)
+        self._changed(job.id)
 
     def view(self, job_id: str) -> JobView | None:
         with self._lock:
@@ -79,7 +89,9 @@ class InMemoryJobQueue:
                 job.started_at = time.time()
                 job.deliveries += 1
                 claimed.append(job)
-            return claimed
+        if claimed:
+            self._changed(*(job.id for job in claimed), QUEUE_MOVED)
+        return claimed
 
     def heartbeat(self, job_ids: list[str]) -> None:
         return None  # one process: a dead worker takes its queue with it
@@ -99,6 +111,7 @@ class InMemoryJobQueue:
                 job.started_at = None
                 self._pending.insert(0, job_id)
             self._ready.notify_all()
+        self._changed(*job_ids, QUEUE_MOVED)
         return cancelled
 
     def reap(self) -> Reaped:
@@ -107,8 +120,10 @@ class InMemoryJobQueue:
     def log(self, job_id: str, entry: LogEntry) -> None:
         with self._lock:
             job = self._jobs.get(job_id)
-            if job is not None and job.status is not JobStatus.COMPLETED:
-                job.logs.append(entry)
+            if job is None or job.status is JobStatus.COMPLETED:
+                return
+            job.logs.append(entry)
+        self._changed(job_id)
 
     def complete(self, job_id: str, outcome: Outcome) -> Job | None:
         with self._lock:
@@ -118,7 +133,8 @@ class InMemoryJobQueue:
             if job.status is JobStatus.COMPLETED:
                 return None
             self._finish(job, outcome)
-            return job
+        self._changed(job_id)
+        return job
 
     def cancel(self, job_id: str) -> CancelResult:
         with self._lock:
@@ -128,11 +144,12 @@ class InMemoryJobQueue:
             if job.status is JobStatus.COMPLETED:
                 return CancelResult(CancelOutcome.ALREADY_COMPLETED)
             job.cancel_requested = True
-            if job.status is JobStatus.IN_QUEUE:
-                self._pending.remove(job_id)
-                self._finish(job, CANCELLED)
-                return CancelResult(CancelOutcome.REQUESTED, completed=job)
-            return CancelResult(CancelOutcome.REQUESTED)
+            if job.status is not JobStatus.IN_QUEUE:
+                return CancelResult(CancelOutcome.REQUESTED)
+            self._pending.remove(job_id)
+            self._finish(job, CANCELLED)
+        self._changed(job_id, QUEUE_MOVED)
+        return CancelResult(CancelOutcome.REQUESTED, completed=job)
 
     def is_cancelled(self, job_id: str) -> bool:
         with self._lock:
@@ -150,10 +167,55 @@ class InMemoryJobQueue:
         with self._lock:
             return len(self._pending)
 
+    def announce(self, worker: WorkerInfo, ttl: float) -> None:
+        with self._lock:
+            self._workers[worker.name] = (worker, worker.seen_at + ttl)
+
+    def withdraw(self, name: str) -> None:
+        with self._lock:
+            self._workers.pop(name, None)
+
+    def live_workers(self) -> list[WorkerInfo]:
+        now = time.time()
+        with self._lock:
+            return sorted(
+                (info for info, expires in self._workers.values() if expires > now),
+                key=lambda info: info.name,
+            )
+
+    def oldest_queued_age(self) -> float | None:
+        with self._lock:
+            if not self._pending:
+                return None
+            oldest = min(self._jobs[job_id].created_at for job_id in self._pending)
+        return max(0.0, time.time() - oldest)
+
+    def watch(self, listener: ChangeListener) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(listener)
+
+        def stop() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return stop
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
             self._ready.notify_all()
+
+    def _changed(self, *keys: str) -> None:
+        """Tell the listeners (outside the lock: they may call back into the queue)."""
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            for key in keys:
+                try:
+                    listener(key)
+                except Exception:  # a broken listener must not break the queue
+                    logger.exception("change listener failed")
 
     # -- internals (lock held) ---------------------------------------------------------------
 

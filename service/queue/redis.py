@@ -37,15 +37,15 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import Any
 
 import redis
 from redis.commands.core import Script
 from redis.typing import KeyT, StreamIdT
 
-from core.errors import QueueFull, StorageError, UnreadableJob
+from core.errors import QueueFull, UnreadableJob
 from service.jobs import (
     CancelOutcome,
     CancelResult,
@@ -56,8 +56,11 @@ from service.jobs import (
     Outcome,
     Priority,
     Reaped,
+    WorkerInfo,
 )
 from service.outcomes import CANCELLED, failure, lost_worker
+from service.queue.base import RESYNC, ChangeListener
+from service.redis_client import connect, redis_errors
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,9 @@ GROUP = "workers"
 DEAD_LETTER_MAXLEN = 10_000
 REAP_SCAN = 1000  # pending entries looked at per stream and sweep
 CLOSE_WAIT = 2.0  # seconds close() waits for woken claims to return
+WORKER_MEMORY = 3600.0  # seconds a worker that never withdrew is remembered past its lease
+FEED_POLL = 1.0  # seconds the change feed blocks per read (bounds how fast it notices close())
+FEED_BACKOFF = (0.1, 5.0)  # first and longest wait before the change feed reconnects
 
 # KEYS of every script, in this order: the three streams, their three position sets, the score
 # counter, the completed set and the dead-letter stream. ARGV[1] is the key prefix, ARGV[2] the
@@ -75,9 +81,15 @@ local STREAMS = {KEYS[1], KEYS[2], KEYS[3]}
 local ZSETS = {KEYS[4], KEYS[5], KEYS[6]}
 local SEQ, DONE, DEAD = KEYS[7], KEYS[8], KEYS[9]
 
+local CHANNEL = PREFIX .. 'changes'
+
 local function req_key(id) return PREFIX .. 'req:' .. id end
 local function log_key(id) return PREFIX .. 'log:' .. id end
 local function lease_key(id) return PREFIX .. 'lease:' .. id end
+
+-- tell API nodes that a job changed (its id), or that queue positions moved ('@queue')
+local function changed(id) redis.call('PUBLISH', CHANNEL, id) end
+local function queue_moved() redis.call('PUBLISH', CHANNEL, '@queue') end
 
 -- forget a job's stream entry (acknowledged, deleted) and its queue position
 local function unlink(req)
@@ -86,7 +98,7 @@ local function unlink(req)
     redis.call('XACK', f[2], GROUP, f[3])
     redis.call('XDEL', f[2], f[3])
   end
-  if f[1] and f[4] then redis.call('ZREM', f[4], f[1]) end
+  if f[1] and f[4] and redis.call('ZREM', f[4], f[1]) == 1 then queue_moved() end
   redis.call('HDEL', req, 'stream', 'entry', 'zset')
 end
 
@@ -99,6 +111,8 @@ local function enqueue(id, i)
              'zset', ZSETS[i], 'started_at', '')
   redis.call('HDEL', req, 'consumer')
   redis.call('DEL', lease_key(id))
+  changed(id)
+  queue_moved()
 end
 
 -- mark a job COMPLETED with an outcome (JSON); its keys live ttl_ms more
@@ -111,6 +125,7 @@ local function finish(id, outcome, now, ttl_ms)
   redis.call('PEXPIRE', req, ttl_ms)
   redis.call('PEXPIRE', log_key(id), ttl_ms)
   redis.call('ZADD', DONE, now, id)
+  changed(id)
 end
 
 local function snapshot(id)
@@ -187,6 +202,7 @@ for i = 1, 3 do
         redis.call('HDEL', req, 'zset')
         redis.call('HINCRBY', req, 'deliveries', 1)
         redis.call('SET', lease_key(id), consumer, 'PX', lease_ms)
+        changed(id)
         table.insert(claimed, snapshot(id))
       else
         redis.call('XACK', STREAMS[i], GROUP, eid)
@@ -195,6 +211,7 @@ for i = 1, 3 do
     end
   end
 end
+if #claimed > 0 then queue_moved() end
 local last = {}
 if #claimed == 0 then
   for i = 1, 3 do
@@ -312,7 +329,10 @@ return 'CANCELLATION_REQUESTED'
 # ARGV: id, entry: appended unless the job is unknown or completed.
 _LOG = """
 local status = redis.call('HGET', req_key(ARGV[3]), 'status')
-if status and status ~= 'COMPLETED' then redis.call('RPUSH', log_key(ARGV[3]), ARGV[4]) end
+if status and status ~= 'COMPLETED' then
+  redis.call('RPUSH', log_key(ARGV[3]), ARGV[4])
+  changed(ARGV[3])
+end
 return 0
 """
 
@@ -364,11 +384,17 @@ class RedisJobQueue:
             self.dead_letters,
         ]
         self._wake = f"{key_prefix}wake:{uuid.uuid4().hex}"
+        self.channel = f"{key_prefix}changes"
+        self._workers_seen = f"{key_prefix}workers:{model}"  # sorted set: name -> expires at
+        self._workers_info = f"{key_prefix}workers:{model}:info"  # hash: name -> WorkerInfo
+        self._listeners: list[ChangeListener] = []
+        self._feed: threading.Thread | None = None
+        self._feed_lock = threading.Lock()
         self._closed = threading.Event()
         self._waiting = threading.Condition()  # guards _waiters: claims blocked in XREAD
         self._waiters = 0
-        with _redis_errors("connect"):
-            self._redis = redis.Redis.from_url(url, decode_responses=True)
+        with redis_errors("connect"):
+            self._redis = connect(url, decode_responses=True)
             self._scripts = {
                 name: self._redis.register_script(_PRELUDE + body)
                 for name, body in {
@@ -461,7 +487,7 @@ class RedisJobQueue:
             with self._waiting:
                 self._waiters += 1
             try:
-                with _redis_errors("claim"):
+                with redis_errors("claim"):
                     self._redis.xread(streams, count=1, block=max(1, int(left * 1000)))
             finally:
                 with self._waiting:
@@ -528,7 +554,7 @@ class RedisJobQueue:
     def is_cancelled(self, job_id: str) -> bool:
         """True when cancellation was asked for, and for unknown, expired or completed jobs:
         there is nothing left to run (a copy still running after its lease lapsed stops)."""
-        with _redis_errors("is_cancelled"):
+        with redis_errors("is_cancelled"):
             status, cancel = self._redis.hmget(self._req(job_id), ["status", "cancel"])
         return status is None or status == JobStatus.COMPLETED or cancel == "1"
 
@@ -539,10 +565,77 @@ class RedisJobQueue:
         return [str(job_id) for job_id in ids]
 
     def depth(self) -> int:
-        with _redis_errors("depth"), self._redis.pipeline(transaction=False) as pipe:
+        with redis_errors("depth"), self._redis.pipeline(transaction=False) as pipe:
             for zset in self.zsets:
                 pipe.zcard(zset)
             return sum(int(n) for n in pipe.execute())
+
+    def announce(self, worker: WorkerInfo, ttl: float) -> None:
+        with redis_errors("announce"), self._redis.pipeline() as pipe:
+            pipe.hset(self._workers_info, worker.name, _dump(worker.to_json()))
+            pipe.zadd(self._workers_seen, {worker.name: worker.seen_at + ttl})
+            # Workers gone for an hour without withdrawing (killed) are forgotten.
+            gone = time.time() - WORKER_MEMORY
+            pipe.zrangebyscore(self._workers_seen, "-inf", gone)
+            pipe.zremrangebyscore(self._workers_seen, "-inf", gone)
+            *_, forgotten, _ = pipe.execute()
+        if forgotten:
+            with redis_errors("announce"):
+                self._redis.hdel(self._workers_info, *forgotten)
+
+    def withdraw(self, name: str) -> None:
+        with redis_errors("withdraw"), self._redis.pipeline() as pipe:
+            pipe.zrem(self._workers_seen, name)
+            pipe.hdel(self._workers_info, name)
+            pipe.execute()
+
+    def live_workers(self) -> list[WorkerInfo]:
+        with redis_errors("live_workers"):
+            names = [
+                str(n) for n in self._redis.zrangebyscore(self._workers_seen, time.time(), "+inf")
+            ]
+            raw = self._redis.hmget(self._workers_info, names) if names else []
+        workers = []
+        for text in raw:
+            try:
+                workers.append(WorkerInfo.from_json(json.loads(str(text))))
+            except (TypeError, ValueError):
+                continue  # withdrawn meanwhile, or written by another version
+        return sorted(workers, key=lambda info: info.name)
+
+    def oldest_queued_age(self) -> float | None:
+        with redis_errors("oldest_queued_age"):
+            with self._redis.pipeline(transaction=False) as pipe:
+                for zset in self.zsets:
+                    pipe.zrange(zset, 0, 0)
+                firsts = [ids[0] for ids in pipe.execute() if ids]
+            with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in firsts:
+                    pipe.hget(self._req(job_id), "job")
+                records = pipe.execute()
+        created = []
+        for record in records:
+            with suppress(TypeError, ValueError, AttributeError):
+                created.append(float(json.loads(record)["created_at"]))
+        return max(0.0, time.time() - min(created)) if created else None
+
+    def watch(self, listener: ChangeListener) -> Callable[[], None]:
+        """One pub/sub subscription per queue object (a thread of its own, started by the first
+        listener) feeds every listener; see :meth:`JobQueue.watch`."""
+        with self._feed_lock:
+            self._listeners.append(listener)
+            if self._feed is None:
+                self._feed = threading.Thread(
+                    target=self._follow_changes, name="flux2-changes", daemon=True
+                )
+                self._feed.start()
+
+        def stop() -> None:
+            with self._feed_lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return stop
 
     def close(self) -> None:
         """Wake this instance's waiting claims (they return ``[]``), then close the idle
@@ -562,6 +655,37 @@ class RedisJobQueue:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _follow_changes(self) -> None:
+        """The change feed: subscribe, pass every message on, and when Redis goes away
+        reconnect with backoff (telling listeners to ``RESYNC`` once subscribed again)."""
+        delay = FEED_BACKOFF[0]
+        while not self._closed.is_set():
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            try:
+                pubsub.subscribe(self.channel)
+                self._tell(RESYNC)  # whatever happened while unsubscribed is looked at again
+                delay = FEED_BACKOFF[0]
+                while not self._closed.is_set():
+                    message = pubsub.get_message(timeout=FEED_POLL)
+                    if message is not None and message.get("type") == "message":
+                        self._tell(str(message["data"]))
+            except redis.exceptions.RedisError as exc:
+                logger.warning("change feed lost (%s); reconnecting in %.1f s", exc, delay)
+                self._closed.wait(delay)
+                delay = min(delay * 2, FEED_BACKOFF[1])
+            finally:
+                with suppress(redis.exceptions.RedisError):
+                    pubsub.close()
+
+    def _tell(self, key: str) -> None:
+        with self._feed_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(key)
+            except Exception:  # a broken listener must not stop the feed
+                logger.exception("change listener failed")
+
     @property
     def _ttl_ms(self) -> int:
         return max(1, int(self.result_ttl * 1000))
@@ -577,7 +701,7 @@ class RedisJobQueue:
         """Run one of the scripts; recreates the consumer group once if Redis lost it."""
         call: Script = self._scripts[script]
         argv = [self.prefix, GROUP, *args]
-        with _redis_errors(script):
+        with redis_errors(script):
             try:
                 return call(keys=self._keys, args=argv)
             except redis.exceptions.ResponseError as exc:
@@ -607,15 +731,6 @@ class RedisJobQueue:
             except redis.exceptions.ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
-
-
-@contextmanager
-def _redis_errors(action: str) -> Iterator[None]:
-    """Redis failures surface as our ``StorageError`` (HTTP 500), never as redis exceptions."""
-    try:
-        yield
-    except redis.exceptions.RedisError as exc:
-        raise StorageError(f"redis queue: {action} failed: {exc}") from exc
 
 
 def _dump(data: dict[str, Any]) -> str:

@@ -10,7 +10,6 @@ form ``/queue/fal-ai/flux-2/requests/{id}…`` and the sub-path form
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,10 +34,8 @@ from service.submission import (
 
 router = APIRouter(prefix="/queue", tags=["queue"], dependencies=[Depends(require_key)])
 
-STREAM_POLL_SECONDS = 0.1
+#: A status stream with no news sends a comment line this often (keeps proxies from closing it).
 STREAM_PING_SECONDS = 15.0
-#: How long the stream waits for a change before it looks whether the client is still there.
-STREAM_DISCONNECT_CHECK_SECONDS = 1.0
 
 
 def _state(request: Request) -> Any:
@@ -139,31 +136,30 @@ async def cancel(request: Request, request_id: str) -> JSONResponse:
 
 
 async def _status_events(request: Request, first: JobView, with_logs: bool) -> AsyncIterator[str]:
-    """One event per change; each carries only new log lines; closes after COMPLETED."""
+    """One event per change; each carries only new log lines; closes after COMPLETED.
+
+    Woken by the queue's change feed, not a timer; a comment line keeps idle connections open.
+    A client that goes away ends the response (Starlette cancels this generator).
+    """
     state = _state(request)
     base = base_url(request, state.settings)
     sent_logs = 0
-    sent: tuple[Any, ...] | None = None
-    last_send = time.monotonic()
-    view: JobView | None = first
-    while view is not None:
-        key = (view.status, view.queue_position, len(view.logs) if with_logs else 0)
-        if key != sent:
-            body = status_body(view, base, with_logs=with_logs, logs_from=sent_logs)
-            sent_logs = len(view.logs)
-            sent = key
-            last_send = time.monotonic()
-            yield f"data: {json.dumps(body)}\n\n"
-            if view.status is JobStatus.COMPLETED:
-                return
-        elif time.monotonic() - last_send > STREAM_PING_SECONDS:
-            last_send = time.monotonic()
-            yield ": ping\n\n"
-        if await request.is_disconnected():
-            return
-        view = await state.jobs.next_change(
-            view.id, view, timeout=STREAM_DISCONNECT_CHECK_SECONDS, poll=STREAM_POLL_SECONDS
-        )
+    async with state.jobs.watching(first.id) as watch:
+        view: JobView | None = first
+        sent: tuple[Any, ...] | None = None
+        while view is not None:
+            key = (view.status, view.queue_position, len(view.logs) if with_logs else 0)
+            if key != sent:
+                body = status_body(view, base, with_logs=with_logs, logs_from=sent_logs)
+                sent_logs = len(view.logs)
+                sent = key
+                yield f"data: {json.dumps(body)}\n\n"
+                if view.status is JobStatus.COMPLETED:
+                    return
+            changed = await watch.next(view, timeout=STREAM_PING_SECONDS)
+            if changed is view:
+                yield ": ping\n\n"
+            view = changed
 
 
 for _prefix, _suffix in ((DEFAULT_ENDPOINT.app_id, ""), (DEFAULT_ENDPOINT.id, "_subpath")):

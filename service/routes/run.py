@@ -1,7 +1,8 @@
 """fal's sync run: ``POST /fal-ai/flux-2/flash/edit`` answers with the output (fal-protocol §8).
 
-The job goes through the same queue as submitted ones (so batching and progress work alike); a
-client that disconnects cancels it.
+The job goes through the same queue as submitted ones (so batching and progress work alike); the
+route waits for its completion on the queue's change feed (no polling), and a client that
+disconnects cancels it.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from service.submission import (
 )
 
 router = APIRouter(tags=["run"], dependencies=[Depends(require_key)])
-#: How often the job is looked at while waiting, and how often the client's connection.
-POLL_SECONDS = 0.02
+#: How often, while the job has not changed, the route looks whether the client is still there
+#: (a local check: the job itself is read only when it changes).
 DISCONNECT_CHECK_SECONDS = 0.5
 
 
@@ -41,15 +42,14 @@ async def run(request: Request) -> JSONResponse:
         raise body_errors(errors)
     job.webhook_url = None  # sync runs answer on the connection
     await state.jobs.submit(job)
-    view = None
-    while True:
-        view = await state.jobs.next_change(
-            job.id, view, timeout=DISCONNECT_CHECK_SECONDS, poll=POLL_SECONDS
-        )
-        if view is None:  # expired while we waited: cannot happen with a sane TTL
-            return JSONResponse({"detail": "Result expired"}, status_code=500)
-        if view.status is JobStatus.COMPLETED and view.outcome is not None:
-            return outcome_response(view.outcome, job.id)
-        if await request.is_disconnected():
-            await state.jobs.cancel(job.id)
-            return JSONResponse({"detail": "Client disconnected"}, status_code=499)
+    async with state.jobs.watching(job.id) as watch:
+        view = None
+        while True:
+            view = await watch.next(view, timeout=DISCONNECT_CHECK_SECONDS)
+            if view is None:  # expired while we waited: cannot happen with a sane TTL
+                return JSONResponse({"detail": "Result expired"}, status_code=500)
+            if view.status is JobStatus.COMPLETED and view.outcome is not None:
+                return outcome_response(view.outcome, job.id)
+            if await request.is_disconnected():
+                await state.jobs.cancel(job.id)
+                return JSONResponse({"detail": "Client disconnected"}, status_code=499)

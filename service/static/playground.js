@@ -4,6 +4,7 @@
 //   follow   GET  queue/fal-ai/flux-2/requests/{id}/status/stream?logs=1   (SSE, read with fetch)
 //   result   GET  queue/fal-ai/flux-2/requests/{id}
 //   cancel   PUT  queue/fal-ai/flux-2/requests/{id}/cancel
+//   preview  GET  files/{id}/preview…   (announced in the logs: "preview 1/3 (step 2/8): URL")
 //
 // Every URL is relative to the page, so the page works wherever the server is mounted. The input
 // fields take their defaults and ranges from openapi.json at load. fetch (not EventSource) reads
@@ -28,6 +29,8 @@
     landscape_16_9: [1024, 576],
   };
   const STEP_RE = /\bstep\s+(\d+)\s*\/\s*(\d+)/i;
+  const PREVIEW_RE = /^preview (\d+)\/(\d+) \(step (\d+)\/(\d+)\): (\S+)$/;
+  const PREVIEWS = "3"; // X-Flux2-Previews: partial images asked for when "Live previews" is on
   const HEX_RE = /#(?:[0-9a-f]{6}|[0-9a-f]{3})\b/gi;
 
   const $ = (id) => document.getElementById(id);
@@ -506,6 +509,23 @@
     box.dataset.seen = "";
     box.dataset.step = "";
     $("progress").removeAttribute("value");
+    $("preview-box").hidden = true;
+    $("preview").removeAttribute("src");
+    $("preview-caption").textContent = "";
+  }
+
+  /** Show the newest preview the logs announce (fetched with the key, as outputs are). */
+  async function showPreview(job, entry) {
+    const match = PREVIEW_RE.exec(entry.message || "");
+    if (!match || job.shownPreviews.has(match[5])) return;
+    job.shownPreviews.add(match[5]);
+    const index = Number(match[1]);
+    const src = await displayUrl(job, match[5]);
+    if (state.job !== job || index < job.previewIndex) return; // a later one is already up
+    job.previewIndex = index;
+    $("preview").src = src;
+    $("preview-caption").textContent = `preview ${match[1]}/${match[2]} after step ${match[3]}/${match[4]}`;
+    $("preview-box").hidden = false;
   }
 
   function setStatusText(text) {
@@ -533,6 +553,7 @@
       for (const entry of job.logs) {
         const match = STEP_RE.exec(entry.message || "");
         if (match) job.step = [Number(match[1]), Number(match[2])];
+        if (PREVIEW_RE.test(entry.message || "")) showPreview(job, entry);
       }
     }
     const progress = $("progress");
@@ -654,6 +675,8 @@
       step: null,
       input,
       trustedOrigins: new Set([location.origin]),
+      shownPreviews: new Set(),
+      previewIndex: 0,
     };
     state.job = job;
     setRunning(true);
@@ -662,9 +685,15 @@
       $("elapsed").textContent = `${((performance.now() - job.started) / 1000).toFixed(1)} s`;
     }, 100);
     try {
+      const previews = $("live_previews").checked ? { "X-Flux2-Previews": PREVIEWS } : {};
       const response = await fetch(SUBMIT_URL, {
         method: "POST",
-        headers: { ...authHeaders(), "Content-Type": "application/json", Accept: "application/json" },
+        headers: {
+          ...authHeaders(),
+          ...previews,
+          "Content-Type": "application/json",
+          Accept: "application/json",
+        },
         body: JSON.stringify(input),
         signal: job.abort.signal,
       });
@@ -876,6 +905,7 @@
   }
 
   async function showResult(job, output) {
+    $("preview-box").hidden = true; // the real thing replaces the preview
     const images = Array.isArray(output.images) ? output.images : [];
     const flags = Array.isArray(output.has_nsfw_concepts) ? output.has_nsfw_concepts : [];
     const items = await Promise.all(

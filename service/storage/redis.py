@@ -7,12 +7,8 @@ finds them all. Both expire ``ttl`` seconds after the last ``put`` for the owner
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
-import redis
-
-from core.errors import NotFound, StorageError
+from core.errors import NotFound
+from service.redis_client import connect, redis_errors
 from service.storage.base import Artifact
 from service.storage.local import checked_segment  # the same name rules as on disk
 
@@ -31,15 +27,15 @@ class RedisArtifactStore:
     def __init__(self, url: str, *, ttl: float = 3600, key_prefix: str = "flux2:") -> None:
         self.ttl = ttl
         self.prefix = key_prefix
-        with _redis_errors("connect"):
-            self._redis = redis.Redis.from_url(url, decode_responses=False)
+        with redis_errors("connect"):
+            self._redis = connect(url, decode_responses=False)
             self._delete = self._redis.register_script(_DELETE)
 
     def put(self, owner: str, name: str, data: bytes, content_type: str) -> str:
         checked_segment(owner, missing=True)
         checked_segment(name)
         ttl_ms = max(1, int(self.ttl * 1000))
-        with _redis_errors(f"storing {owner}/{name}"), self._redis.pipeline() as pipe:
+        with redis_errors(f"storing {owner}/{name}"), self._redis.pipeline() as pipe:
             pipe.hset(self._file(owner, name), mapping={"data": data, "type": content_type})
             pipe.pexpire(self._file(owner, name), ttl_ms)
             pipe.sadd(self._names(owner), name)
@@ -51,7 +47,7 @@ class RedisArtifactStore:
         owner, _, name = key.partition("/")
         checked_segment(owner, missing=True)
         checked_segment(name, missing=True)
-        with _redis_errors(f"reading {key}"):
+        with redis_errors(f"reading {key}"):
             data, content_type = self._redis.hmget(self._file(owner, name), ["data", "type"])
         if not isinstance(data, bytes):
             raise NotFound(f"File {key} not found")
@@ -61,7 +57,7 @@ class RedisArtifactStore:
 
     def delete(self, owner: str) -> None:
         checked_segment(owner, missing=True)
-        with _redis_errors(f"deleting the files of {owner}"):
+        with redis_errors(f"deleting the files of {owner}"):
             self._delete(keys=[self._names(owner)], args=[f"{self.prefix}file:{owner}/"])
 
     def close(self) -> None:
@@ -72,11 +68,3 @@ class RedisArtifactStore:
 
     def _names(self, owner: str) -> str:
         return f"{self.prefix}files:{owner}"
-
-
-@contextmanager
-def _redis_errors(action: str) -> Iterator[None]:
-    try:
-        yield
-    except redis.exceptions.RedisError as exc:
-        raise StorageError(f"redis store: {action} failed: {exc}") from exc

@@ -27,6 +27,7 @@ from service.queue.base import JobQueue
 from service.status import WorkerState
 from service.worker.finishing import Finisher
 from service.worker.policy import BatchPolicy
+from service.worker.previews import PreviewWriter
 from service.worker.screening import SafetyGate
 from service.worker.state import (
     Handoff,
@@ -57,6 +58,7 @@ class GpuLoop:
         warmup: bool = True,
         name: str = "worker",
         fail_on_death: bool = True,
+        previews: PreviewWriter | None = None,
     ) -> None:
         self.engine_factory = engine_factory
         self.queue = queue
@@ -70,6 +72,7 @@ class GpuLoop:
         self.warmup = warmup
         self.name = name
         self.fail_on_death = fail_on_death
+        self.previews = previews
         self.state = WorkerState.STARTING
         self.error: str | None = None
         self.engine: EditEngine | None = None
@@ -134,6 +137,7 @@ class GpuLoop:
             )
         metrics = self.link.metrics
         timer = metrics.step_timer() if metrics is not None else None
+        items = {item.job.id: item for item in batch}
 
         def on_step(event: StepEvent) -> None:
             if timer is not None:
@@ -143,6 +147,8 @@ class GpuLoop:
             self.queue.heartbeat(sorted(self.held.snapshot()))
             for request_id in event.request_ids:
                 self.queue.log(request_id, LogEntry(f"step {event.step}/{event.total}"))
+            if event.previews and self.previews is not None:
+                self.previews.publish(event.previews, items)
 
         self.engine_calls += 1
         if metrics is not None:

@@ -6,6 +6,9 @@ batch. References of a job this worker gave back are kept (a small LRU) and reus
 comes back. The input itself was validated at the HTTP edge; what only the fetched images can
 tell (undecodable bytes, unusable shapes) is checked here, and a job that fails ends at once with
 its fal error, without holding back the others.
+
+The server's own upload URLs (``<origin>/uploads/<id>``, :mod:`service.uploads`) are read from
+the upload store, and only for the job's owner; every other URL goes through the SSRF guard.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from PIL import Image
 
-from core.errors import Flux2Error, GenerationFailed, UnreadableJob
+from core.errors import FileDownloadError, Flux2Error, GenerationFailed, NotFound, UnreadableJob
 from pipelines.types import EditRequest
-from service.inputs import FetchPolicy, load_image
+from service.inputs import FetchPolicy, decode_image, load_image
 from service.jobs import Job, LogEntry
 from service.logs import request_context
 from service.outcomes import failure
 from service.queue.base import JobQueue
+from service.uploads import Uploads, upload_id_of
 from service.worker.finishing import Finisher
 from service.worker.screening import SafetyGate
 from service.worker.state import Prepared
@@ -47,12 +51,14 @@ class Preparer:
         reference_pixels: int,
         threads: int = 4,
         fetch_threads: int = 8,
+        uploads: Uploads | None = None,
     ) -> None:
         self.queue = queue
         self.finisher = finisher
         self.gate = gate
         self.fetch_policy = fetch_policy
         self.reference_pixels = reference_pixels
+        self.uploads = uploads
         self._cache: OrderedDict[str, tuple[tuple[Image.Image, ...], int | None]] = OrderedDict()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="flux2-prepare")
         self._fetch_pool = ThreadPoolExecutor(fetch_threads, thread_name_prefix="flux2-fetch")
@@ -98,7 +104,7 @@ class Preparer:
         if fal_input is None:
             raise UnreadableJob(job.input_error or f"job {job.id} has no input")
         cached = self._cache.pop(job.id, None)
-        images, prepared_for = cached or (self._fetch(fal_input.used_image_urls()), None)
+        images, prepared_for = cached or (self._fetch(job, fal_input.used_image_urls()), None)
         seed = fal_input.seed if fal_input.seed is not None else secrets.randbelow(2**31)
         request = EditRequest(
             request_id=job.id,
@@ -110,19 +116,31 @@ class Preparer:
             num_images=fal_input.num_images,
             guidance_scale=fal_input.guidance_scale,
             enable_prompt_expansion=fal_input.enable_prompt_expansion,
+            previews=job.previews,
         )
         # Resized here, on a prepare thread, so the GPU thread does not spend its time on it;
         # raises InvalidRequest for a reference the engine cannot use.
         request = request.with_prepared_references(self.reference_pixels)
         return Prepared(job=job, input=fal_input, request=request)
 
-    def _fetch(self, urls: list[str]) -> tuple[Image.Image, ...]:
+    def _fetch(self, job: Job, urls: list[str]) -> tuple[Image.Image, ...]:
         """A request's references, downloaded in parallel; the first failure is raised."""
-        futures = [
-            self._fetch_pool.submit(load_image, url, index=i, policy=self.fetch_policy)
-            for i, url in enumerate(urls)
-        ]
+        futures = [self._fetch_pool.submit(self._load, job, url, i) for i, url in enumerate(urls)]
         return tuple(future.result() for future in futures)
+
+    def _load(self, job: Job, url: str, index: int) -> Image.Image:
+        upload_id = upload_id_of(url, job.base_url) if self.uploads is not None else None
+        if upload_id is None or self.uploads is None:
+            return load_image(url, index=index, policy=self.fetch_policy)
+        try:
+            data = self.uploads.read(upload_id, job.owner).data
+        except NotFound:
+            raise FileDownloadError(
+                "File download error: no such upload (it expired, or another API key made it)",
+                loc=("body", "image_urls", index),
+                input=url,
+            ) from None
+        return decode_image(data, index=index, source=url)
 
     def _input_flagged(self, item: Prepared) -> bool:
         """Check the references; a flagged job completes now with black, flagged images."""

@@ -85,7 +85,7 @@ class ResultWriter:
         fmt = OutputFormat(item.input.output_format)
 
         def encode(image: Image.Image) -> ImageFile:
-            data = encode_image(image, fmt)
+            data = encode_image(image, fmt, quality=item.job.output_compression)
             name = f"{secrets.token_urlsafe(16)}.{fmt.extension}"
             if item.input.sync_mode:
                 url = f"data:{fmt.content_type};base64,{base64.b64encode(data).decode()}"

@@ -14,7 +14,7 @@ import logging
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 
-from core.errors import WorkerDead
+from core.errors import QueueUnavailable, WorkerDead
 from service.jobs import Job, LogEntry
 from service.outcomes import failure
 from service.queue.base import JobQueue
@@ -26,6 +26,9 @@ from service.worker.preparation import Preparer
 from service.worker.state import Handoff, HeldJobs, Prepared, Signals
 
 logger = logging.getLogger(__name__)
+
+#: First and longest wait before claiming again while the queue is unreachable.
+OUTAGE_BACKOFF = (0.2, 5.0)
 
 #: A claimed job and its preparation (None when the job already finished).
 Claimed = tuple[Job, "Future[Prepared | None]"]
@@ -71,22 +74,35 @@ class Scheduler:
         if self.gpu.broken and not self.fail_jobs_when_broken:
             self.handoff.stop()
             return
+        outage = OUTAGE_BACKOFF[0]
         try:
             while not self.signals.stopping.is_set():
-                self.housekeeping.tick()
-                if self.gpu.broken:
-                    self._fail_claims()
-                    continue
-                if not self.signals.may_claim.wait(self.claim_timeout):
-                    continue  # busy, and not near the end of the batch: leave jobs to others
-                group = self.group(self.claim_batch())
-                if group:
-                    self._hand_over(group)
+                try:
+                    self._turn()
+                    outage = OUTAGE_BACKOFF[0]
+                except QueueUnavailable as exc:
+                    # Redis is away: jobs claimed are held by their lease (another worker, or
+                    # this one, takes them back once it lapses); wait and try again.
+                    logger.warning("cannot claim: %s; retrying in %.1f s", exc.message, outage)
+                    self.signals.stopping.wait(outage)
+                    outage = min(outage * 2, OUTAGE_BACKOFF[1])
         except Exception as exc:
             logger.exception("worker scheduler died")
             self.gpu.died(exc)
         finally:
             self.handoff.stop()
+
+    def _turn(self) -> None:
+        """One round: housekeeping, then claim, gather and hand over a batch."""
+        self.housekeeping.tick()
+        if self.gpu.broken:
+            self._fail_claims()
+            return
+        if not self.signals.may_claim.wait(self.claim_timeout):
+            return  # busy, and not near the end of the batch: leave jobs to others
+        group = self.group(self.claim_batch())
+        if group:
+            self._hand_over(group)
 
     def claim_batch(self) -> list[Claimed]:
         """Block for one job (or take the deferred ones), then let others join as the policy

@@ -16,6 +16,8 @@ worker.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -25,17 +27,20 @@ from pipelines.prompt_cache import CacheStats
 from pipelines.protocol import EditEngine
 from pipelines.safety import SafetyChecker
 from service.inputs import FetchPolicy
-from service.jobs import Job
+from service.jobs import Job, WorkerInfo
 from service.metrics import Metrics
 from service.queue.base import JobQueue
 from service.status import WorkerState
 from service.storage.base import ArtifactStore
+from service.uploads import Uploads
 from service.webhooks import WebhookSender
 from service.worker.finishing import Finisher
 from service.worker.gpu import GpuLoop
 from service.worker.housekeeping import Housekeeping
+from service.worker.outages import OutageTolerantQueue, OutageTolerantStore, Retrier
 from service.worker.policy import BatchPolicy
 from service.worker.preparation import Preparer
+from service.worker.previews import PreviewWriter
 from service.worker.scheduler import Scheduler
 from service.worker.screening import SafetyGate
 from service.worker.state import Handoff, HeldJobs, MetricsLink, Prepared, Signals
@@ -61,6 +66,8 @@ class WorkerOptions:
     check_inputs: check reference images with the safety checker too.
     allow_disable_safety: honour ``enable_safety_checker=false`` from requests.
     fetch_policy: the SSRF guard and limits of reference downloads.
+    announce_every: seconds between the worker's announcements of its state in the queue
+        (API nodes count it alive for three times as long).
     """
 
     max_batch_images: int = 4
@@ -78,6 +85,7 @@ class WorkerOptions:
     check_inputs: bool = True
     allow_disable_safety: bool = False
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
+    announce_every: float = 2.0
 
     @property
     def policy(self) -> BatchPolicy:
@@ -102,10 +110,16 @@ class Worker:
         name: str = "worker",
         safety_factory: Callable[[], SafetyChecker] | None = None,
         metrics: Metrics | None = None,
+        model: str | None = None,
+        uploads: ArtifactStore | None = None,
     ) -> None:
         self.name = name  # shown in job logs: which worker ran it
-        self.queue = queue
-        self.store = store
+        self.model = model  # announced with the worker's state
+        # The stages see the queue and the store through an outage-tolerant layer: a Redis
+        # restart is ridden through, results are kept (see service/worker/outages.py).
+        retrier = Retrier()
+        self.queue = queue = OutageTolerantQueue(queue, retrier)
+        self.store = store = OutageTolerantStore(store, retrier)
         self.options = options = options or WorkerOptions()
         policy = options.policy
         self._link = MetricsLink(metrics)
@@ -134,6 +148,7 @@ class Worker:
             fetch_policy=options.fetch_policy,
             reference_pixels=options.reference_pixels,
             threads=options.prepare_threads,
+            uploads=Uploads(uploads if uploads is not None else store),
         )
         self._gpu = GpuLoop(
             engine_factory,
@@ -148,6 +163,7 @@ class Worker:
             warmup=options.warmup,
             name=name,
             fail_on_death=options.fail_jobs_when_broken,
+            previews=PreviewWriter(queue, store),
         )
         self._housekeeping = Housekeeping(
             queue,
@@ -170,10 +186,16 @@ class Worker:
             fail_jobs_when_broken=options.fail_jobs_when_broken,
         )
         self._threads: list[threading.Thread] = []
+        self._draining = False
+        self._stopped = threading.Event()
+        self._announcing = threading.Thread(
+            target=self._announce_main, name="flux2-announce", daemon=True
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
+        self._announcing.start()
         for target, name in ((self._gpu.main, "flux2-gpu"), (self._scheduler.main, "flux2-sched")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -181,6 +203,8 @@ class Worker:
 
     def stop(self, timeout: float = 60.0) -> None:
         """Drain: stop claiming, finish the running batch, give the rest back, then return."""
+        self._draining = True
+        self.announce()
         self._signals.stopping.set()
         self._signals.ready.set()
         deadline = time.monotonic() + timeout
@@ -191,12 +215,34 @@ class Worker:
         self._scheduler.release_deferred()
         self._finisher.shutdown()
         self._preparer.shutdown()
+        self._stopped.set()
+        self._announcing.join(timeout=5)
+        self.queue.withdraw(self.name)
+
+    def announce(self) -> None:
+        """Tell the queue (and so every API node) that this worker is alive, in its state."""
+        info = WorkerInfo(
+            name=self.name,
+            state=self.state.value,
+            model=self.model,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+        self.queue.announce(info, ttl=3 * self.options.announce_every)
+
+    def _announce_main(self) -> None:
+        while not self._stopped.is_set():
+            self.announce()
+            self._stopped.wait(self.options.announce_every)
 
     # -- what others read --------------------------------------------------------------------
 
     @property
     def state(self) -> WorkerState:
-        return self._gpu.state
+        state = self._gpu.state
+        if self._draining and state in (WorkerState.READY, WorkerState.BUSY):
+            return WorkerState.DRAINING
+        return state
 
     @property
     def error(self) -> str | None:

@@ -629,3 +629,54 @@ def test_webhooks(server: Any, tmp_path: Path, receiver: Receiver) -> None:
     assert flaky["status"] == "OK"
     assert flaky["payload"]["seed"] == 77
     assert receiver.attempts["/flaky"] == 3
+
+
+# -- 9. uploads ------------------------------------------------------------------------------
+
+
+def test_upload_file_and_upload_image_give_urls_that_edits_accept(
+    server: Any, tmp_path: Path
+) -> None:
+    """``upload_file`` and ``upload_image`` with the two URL constants pointed at the server
+    (fal-protocol.md §9.1): the token, the fal_v3 upload, and the URLs used in an edit."""
+    picture = tmp_path / "local picture.png"
+    Image.new("RGB", (96, 96), (30, 200, 60)).save(picture)
+    results = run_client(
+        server,
+        tmp_path,
+        f"""
+        import os
+        import fal_client.client
+
+        origin = "https://" + os.environ["FAL_RUN_HOST"]
+        fal_client.client.REST_URL = origin  # storage/auth/token, storage/upload/initiate
+        fal_client.client.CDN_URL = origin  # files/upload
+
+        from_file = fal_client.upload_file({str(picture)!r})
+        image = Image.new("RGB", (96, 96), (200, 30, 60))
+        from_image = fal_client.upload_image(image, format="png")
+        from_jpeg = fal_client.upload_image(image)  # jpeg, fal_client's default
+        results["urls"] = [from_file, from_image, from_jpeg]
+        results["edit"] = fal_client.run(
+            APP, arguments={{**BASE, "image_urls": [from_file, from_image], "sync_mode": True}}
+        )
+        results["text"] = expect_http_error(
+            lambda: fal_client.upload(b"not an image", "text/plain", repository="fal_v3",
+                                      fallback_repository=[])
+        )
+        """,
+    )
+    urls = results["urls"]
+    assert all(url.startswith(f"{server.origin}/uploads/") for url in urls), urls
+    assert len(set(urls)) == 3
+    downloaded = fetch(server, urls[0])
+    assert downloaded.status_code == 200
+    assert downloaded.content == picture.read_bytes()
+    assert open_image(fetch(server, urls[2]).content).format == "JPEG"
+    edited = results["edit"]
+    assert edited["seed"] == 1234
+    assert len(edited["images"]) == 1
+    refused = results["text"]
+    assert refused["class"] == "FalClientHTTPError", refused
+    assert refused["status"] == 422
+    assert "unsupported_image_format" in refused["body"]

@@ -23,7 +23,7 @@ from core.errors import InvalidRequest
 from pipelines.fake import FakeEngine
 from pipelines.protocol import EditEngine
 from pipelines.sizes import ImageSize
-from pipelines.types import EditRequest, StepEvent
+from pipelines.types import EditRequest, StepEvent, preview_size, preview_steps
 
 REFERENCE_PIXELS = 128 * 128
 STEPS = 4
@@ -109,6 +109,29 @@ def test_one_progress_event_per_step_naming_the_batch(engine: EditEngine) -> Non
     assert all(e.request_ids == ("p1", "p2") for e in events)
 
 
+def test_previews_come_at_their_steps_and_change_nothing(engine: EditEngine) -> None:
+    """A request asking for previews gets them at the steps ``preview_steps`` picks (none at
+    the last step), each a small RGB picture; its images, and its batch neighbours', are what
+    they are without previews, and a batch that asked for none carries none."""
+    events: list[StepEvent] = []
+    asked = [edit("p", num_images=2, previews=2), edit("q", seed=8)]
+    shown = engine.run(asked, on_step=events.append)
+    previews = [preview for event in events for preview in event.previews]
+    assert [(p.request_id, p.index, p.step, p.total) for p in previews] == [
+        ("p", k, step, STEPS) for k, step in enumerate(preview_steps(STEPS, 2))
+    ]
+    assert all(event.step == p.step for event in events for p in event.previews)
+    for preview in previews:
+        assert preview.image.mode == "RGB"
+        assert preview.image.size == preview_size(ImageSize(96, 64))
+    quiet: list[StepEvent] = []
+    plain = engine.run([edit("p", num_images=2), edit("q", seed=8)], on_step=quiet.append)
+    assert not any(event.previews for event in quiet)
+    for with_previews, without in zip(shown, plain, strict=True):
+        for ours, theirs in zip(with_previews.images, without.images, strict=True):
+            assert max_diff(ours, theirs) == 0
+
+
 def test_same_seed_same_pixels_other_seed_other_pixels(engine: EditEngine) -> None:
     (a,) = engine.run([edit("s", seed=3)])
     (b,) = engine.run([edit("s", seed=3)])
@@ -182,6 +205,6 @@ def test_an_unusable_reference_is_refused_before_any_step(engine: EditEngine) ->
 def test_requests_check_their_own_fields() -> None:
     """What engines trust: a request out of range cannot be made at all."""
     valid = edit("r")
-    for change in ({"num_images": 5}, {"guidance_scale": 21.0}, {"prompt": " "}, {"images": ()}):
+    for change in ({"num_images": 5}, {"guidance_scale": 21.0}, {"prompt": " "}, {"steps": 51}):
         with pytest.raises(InvalidRequest):
             dataclasses.replace(valid, **change)  # type: ignore[arg-type]

@@ -185,10 +185,21 @@ def test_api_keys_live_progress_and_cancel(
         page.click("#submit")
         expect(page.locator("#status-text")).to_contain_text(re.compile(r"Running: step [1-7]/8"))
         expect(page.locator("#progress")).to_have_attribute("max", "8")
+        # Live previews (on by default): announced in the logs, fetched with the key, shown
+        # while the steps run, and replaced by the result.
+        expect(page.locator("#preview-box")).to_be_visible(timeout=RUN_TIMEOUT_MS)
+        expect(page.locator("#preview")).to_have_attribute("src", re.compile(r"^blob:"))
+        expect(page.locator("#preview-caption")).to_contain_text(
+            re.compile(r"preview [1-3]/3 after step [246]/8")
+        )
+        assert (
+            page.locator("#preview").evaluate("i => i.decode().then(() => i.naturalWidth)") == 128
+        )
         images = page.locator("#result-images img")
         expect(images).to_have_count(1, timeout=RUN_TIMEOUT_MS)
         expect(images).to_have_attribute("src", re.compile(r"^blob:"))
         assert images.first.evaluate("img => img.decode().then(() => img.naturalWidth)") == 512
+        expect(page.locator("#preview-box")).to_be_hidden()
         expect(page.locator("#error-box")).to_be_hidden()
         assert "IN_PROGRESS" in (page.locator("#progress-box").get_attribute("data-seen") or "")
 

@@ -84,3 +84,19 @@ def test_prompt_cache(tmp_path: Path) -> None:
     assert cases["cold"]["text_encoder_p50_s"] > 0
     assert report["real_model_estimate"]["estimate"] is True
     assert "warm" in line
+
+
+def test_api_load(tmp_path: Path) -> None:
+    line, report = bench(
+        "bench_api_load",
+        tmp_path / "api-load.json",
+        *("--clients", "10", "--idle-seconds", "1", "--soak-jobs", "3", "--soak-concurrency", "2"),
+    )
+    [row] = report["results"]
+    assert report["waiting"]["waiting_clients"] == 10
+    assert report["waiting"]["sync_runs"] == report["waiting"]["status_streams"] == 5
+    assert row["redis_commands_per_second"] >= 0
+    assert report["completion_to_response_ms"]["n"] == 5  # every sync run answered
+    assert row["soak_jobs"] == 3 and row["soak_failures"] == 0
+    assert row["api_open_fds_after"] > 0 and row["worker_rss_mb_after"] > 0
+    assert "10 waiting clients" in line

@@ -10,11 +10,8 @@ import base64
 import io
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -27,21 +24,12 @@ import httpx
 import pytest
 from PIL import Image
 
+from benchmarks.common import flux2_edit_command, free_port
+
 pytestmark = pytest.mark.slow
 
 JOBS = 30
 STEPS = 12  # enough steps that a job is caught mid-run
-
-
-def flux2_edit() -> list[str]:
-    exe = shutil.which("flux2-edit", path=str(Path(sys.executable).parent))
-    return [exe] if exe else [sys.executable, "-m", "service.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Hooks:
@@ -92,6 +80,7 @@ def cluster(redis_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
         FLUX2_REFERENCE_PIXELS=str(64 * 64 * 4),
         FLUX2_SCHEDULE=",".join(f"{1 - i / STEPS:.4f}" for i in range(STEPS)),
         FLUX2_LEASE_SECONDS="3",
+        FLUX2_WARMUP="false",  # ready sooner; the test needs no first-request speed
         FLUX2_MAX_BATCH_IMAGES="2",
         FLUX2_LOG_LEVEL="info",
         FLUX2_WEBHOOK_ALLOW="127.0.0.1",  # the webhook receiver runs on loopback
@@ -101,16 +90,21 @@ def cluster(redis_url: str, tmp_path: Path) -> Iterator[dict[str, Any]]:
     logs = {}
     # Build the tiny checkpoint once, before two workers race for it.
     subprocess.run(
-        [*flux2_edit(), "weights", "tiny", str(tmp_path / "cache" / "models" / "flux2-tiny-v1")],
+        [
+            *flux2_edit_command(),
+            "weights",
+            "tiny",
+            str(tmp_path / "cache" / "models" / "flux2-tiny-v1"),
+        ],
         check=True,
         env=env,
         capture_output=True,
         timeout=300,
     )
     commands = {
-        "api": [*flux2_edit(), "api", "--port", str(port)],
-        "worker-a": [*flux2_edit(), "worker", "--model", "tiny"],
-        "worker-b": [*flux2_edit(), "worker", "--model", "tiny"],
+        "api": [*flux2_edit_command(), "api", "--port", str(port)],
+        "worker-a": [*flux2_edit_command(), "worker", "--model", "tiny"],
+        "worker-b": [*flux2_edit_command(), "worker", "--model", "tiny"],
     }
     for name, command in commands.items():
         logs[name] = tmp_path / f"{name}.log"

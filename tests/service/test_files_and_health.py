@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,10 @@ from service_helpers import (
 )
 from starlette.testclient import TestClient
 
-from core.errors import WeightsError
+from core.errors import QueueUnavailable, WeightsError
 from pipelines.fake import FakeEngine
 from service.app import create_app
+from service.jobs import WorkerInfo
 from service.queue.memory import InMemoryJobQueue
 from service.settings import Settings
 from service.storage.local import LocalArtifactStore
@@ -177,13 +179,43 @@ def test_engine_that_cannot_load(
     assert sync.json()["error_type"] == "runner_connection_error"
 
 
-def test_api_only_node_is_ready(tmp_path: Path) -> None:
+def test_an_api_node_is_ready_only_with_a_live_ready_worker(tmp_path: Path) -> None:
+    queue = InMemoryJobQueue()
+    app = create_app(Settings(cache_dir=tmp_path), queue=queue, store=LocalArtifactStore(tmp_path))
+    with TestClient(app) as client:
+        alone = client.get("/ready")
+        assert alone.status_code == 503
+        assert alone.json() == {"status": "not_ready", "reason": "no live worker", "worker": None,
+                                "workers": []}  # fmt: skip
+        queue.announce(WorkerInfo("gpu-1", "starting", model="tiny"), ttl=30)
+        loading = client.get("/ready")
+        assert loading.status_code == 503
+        assert loading.json()["reason"] == "no worker is ready yet"
+        assert [w["state"] for w in loading.json()["workers"]] == ["starting"]
+        queue.announce(WorkerInfo("gpu-2", "ready", model="tiny"), ttl=30)
+        ready = client.get("/ready")
+        assert ready.status_code == 200
+        body = ready.json()
+        assert (body["status"], body["worker"]) == ("ready", None)
+        assert [(w["name"], w["state"], w["model"]) for w in body["workers"]] == [
+            ("gpu-1", "starting", "tiny"),
+            ("gpu-2", "ready", "tiny"),
+        ]
+        queue.announce(WorkerInfo("gpu-2", "ready", seen_at=time.time() - 60), ttl=30)
+        queue.withdraw("gpu-1")
+        assert client.get("/ready").status_code == 503  # its announcement lapsed
+
+
+class _UnreachableQueue(InMemoryJobQueue):
+    def live_workers(self) -> list[WorkerInfo]:
+        raise QueueUnavailable("redis unreachable: connection refused")
+
+
+def test_readiness_says_when_the_queue_is_unreachable(tmp_path: Path) -> None:
     app = create_app(
-        Settings(cache_dir=tmp_path),
-        queue=InMemoryJobQueue(),
-        store=LocalArtifactStore(tmp_path / "files"),
+        Settings(cache_dir=tmp_path), queue=_UnreachableQueue(), store=LocalArtifactStore(tmp_path)
     )
     with TestClient(app) as client:
         response = client.get("/ready")
-        assert response.status_code == 200
-        assert response.json() == {"status": "ready", "worker": None}
+    assert response.status_code == 503
+    assert response.json()["reason"].startswith("the queue is unreachable: redis unreachable")

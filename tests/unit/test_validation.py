@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,7 +12,7 @@ from PIL import Image
 
 from core.errors import FieldProblem, InvalidRequest
 from pipelines.sizes import ImageSize, reference_size
-from pipelines.types import EditRequest, EditResult, StepEvent
+from pipelines.types import EditRequest, EditResult, LoraWeights, StepEvent
 from pipelines.validation import validate_request
 
 MP = 1024 * 1024
@@ -67,18 +69,47 @@ def test_empty_prompt(prompt: str) -> None:
     assert problem.input == prompt
 
 
-def test_no_reference_images() -> None:
-    problem = _problem(images=())
-    assert problem.loc == ("body", "image_urls")
-    assert problem.type == "too_short"
-    assert problem.ctx == {"min_length": 1, "max_length": 4}
+def test_no_reference_images_is_text_to_image() -> None:
+    request = _request(images=())
+    validate_request(request, target_pixels=MP)
+    assert request.text_to_image
+
+
+def test_steps_out_of_range() -> None:
+    problem = _problem(steps=51)
+    assert problem.loc == ("body", "num_inference_steps")
+    assert problem.ctx == {"le": 50}
+    assert _problem(steps=0).ctx == {"ge": 1}
+
+
+def test_too_many_loras() -> None:
+    lora = LoraWeights(name="a" * 64, path=Path("a.safetensors"))
+    assert _problem(loras=(lora,) * 4).loc == ("body", "loras")
+    nan = LoraWeights(name="a" * 64, path=Path("a.safetensors"), scale=float("nan"))
+    assert _problem(loras=(nan,)).loc == ("body", "loras", 0, "scale")
+
+
+def test_regimes_steps_and_adapters_never_share_a_batch() -> None:
+    lora = LoraWeights(name="a" * 64, path=Path("a.safetensors"))
+    base = _request()
+    keys = {
+        base.batch_key(MP),
+        _request(regime="base").batch_key(MP),
+        _request(regime="base", steps=12).batch_key(MP),
+        _request(regime="base", acceleration="high").batch_key(MP),
+        _request(loras=(lora,)).batch_key(MP),
+        _request(loras=(replace(lora, scale=0.5),)).batch_key(MP),
+    }
+    assert len(keys) == 6
+    # acceleration means nothing to the turbo regime: it does not split its batches
+    assert _request(acceleration="none").batch_key(MP) == base.batch_key(MP)
 
 
 def test_five_reference_images() -> None:
     problem = _problem(images=tuple(_image() for _ in range(5)))
     assert problem.loc == ("body", "image_urls")
     assert problem.type == "too_long"
-    assert problem.ctx == {"min_length": 1, "max_length": 4}
+    assert problem.ctx == {"min_length": 0, "max_length": 4}
     assert "got 5" in problem.msg
 
 

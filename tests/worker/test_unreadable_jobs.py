@@ -75,10 +75,10 @@ def test_a_redis_job_with_an_unreadable_input_fails_cleanly(
         wait_until(all_done(queue, [broken, fine]))  # type: ignore[arg-type]
         wait_until(lambda: len(received) == 1)
         assert worker.state.serving
+        failed, done = queue.view(broken.id), queue.view(fine.id)
     finally:
         worker.stop(timeout=10)
         queue.close()
-    failed, done = queue.view(broken.id), queue.view(fine.id)
     assert failed is not None and failed.outcome is not None
     assert (failed.outcome.status_code, failed.outcome.error_type) == (500, "internal_server_error")
     assert "prompt" in (failed.outcome.error or "")
@@ -101,14 +101,13 @@ def test_a_redis_record_that_is_not_json_is_failed_by_the_queue(
     try:
         wait_until(all_done(queue, [broken, fine]))  # type: ignore[arg-type]
         assert worker.state.serving
+        failed, done = queue.view(broken.id), queue.view(fine.id)
     finally:
         worker.stop(timeout=10)
         queue.close()
-    failed = queue.view(broken.id)
     assert failed is not None and failed.status is JobStatus.COMPLETED
     assert failed.outcome is not None and failed.outcome.status_code == 500
     assert "could not be read" in (failed.outcome.error or "")
-    done = queue.view(fine.id)
     assert done is not None and done.outcome is not None and done.outcome.ok
 
 

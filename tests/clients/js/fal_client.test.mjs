@@ -101,6 +101,9 @@ function rewrite(url) {
   if (url.startsWith("https://fal.run/")) {
     return `${ORIGIN}/${url.slice("https://fal.run/".length)}`;
   }
+  if (url.startsWith("https://rest.fal.ai/")) {
+    return `${ORIGIN}/${url.slice("https://rest.fal.ai/".length)}`; // storage (uploads)
+  }
   return url;
 }
 
@@ -231,12 +234,18 @@ for (const mode of MODES) {
       // However each mode is configured, it must have talked to us, in that mode's way.
       assert.ok(sent.length > 0, "the client sent nothing");
       for (const request of sent) {
+        if (request.method === "PUT" && request.url.startsWith(`${ORIGIN}/storage/upload/`)) {
+          // An upload's bytes go straight to the signed upload_url, without the key.
+          assert.equal(request.headers.authorization, undefined, JSON.stringify(request));
+          assert.match(request.url, /\?token=/, JSON.stringify(request));
+          continue;
+        }
         assert.equal(request.headers.authorization, "Key any-key", JSON.stringify(request));
         if (mode === "proxy") {
           assert.equal(request.url, PROXY_URL, JSON.stringify(request));
           assert.match(
             request.headers["x-fal-target-url"],
-            /^https:\/\/(queue\.)?fal\.run\/fal-ai\/flux-2\//,
+            /^https:\/\/((queue\.)?fal\.run\/fal-ai\/flux-2\/|rest\.fal\.ai\/storage\/)/,
             JSON.stringify(request),
           );
         } else {
@@ -256,6 +265,27 @@ for (const mode of MODES) {
       const target = mode === "proxy" ? run.headers["x-fal-target-url"] : run.url;
       assert.ok(target.endsWith(`/${APP}`), target);
       assert.ok(!target.includes("/queue/") && !target.includes("queue.fal.run"), target);
+    });
+
+    test("fal.storage.upload and Blob inputs give URLs that edits accept", async () => {
+      const png = gradientPng(96);
+      const url = await fal.storage.upload(new Blob([png], { type: "image/png" }));
+      assert.match(url, new RegExp(`^${ORIGIN.replace(/[.]/g, "\\.")}/uploads/[0-9a-f]{32}$`));
+      const uploaded = await fetch(url, { headers: { authorization: "Key any-key" } });
+      assert.equal(uploaded.status, 200);
+      assert.deepEqual(Buffer.from(await uploaded.arrayBuffer()), png);
+      const put = sent.find((request) => request.method === "PUT");
+      assert.ok(put, "the bytes were never PUT");
+
+      const byUrl = await fal.run(APP, { input: input({ image_urls: [url] }) });
+      assertOutput(byUrl.data);
+      // A Blob anywhere in the input is uploaded by the client before the run.
+      const before = sent.filter((request) => request.method === "PUT").length;
+      const byBlob = await fal.run(APP, {
+        input: input({ image_urls: [new Blob([png], { type: "image/png" })] }),
+      });
+      assertOutput(byBlob.data);
+      assert.equal(sent.filter((request) => request.method === "PUT").length, before + 1);
     });
 
     test("fal.subscribe, polling, with logs", { timeout: SCENARIO_TIMEOUT_MS }, async () => {
@@ -299,7 +329,7 @@ for (const mode of MODES) {
         Array.from({ length: 8 }, (_, k) => `step ${k + 1}/8`),
       );
       const stream = sent.find((request) =>
-        (mode === "proxy" ? request.headers["x-fal-target-url"] : request.url).includes(
+        (request.headers["x-fal-target-url"] ?? request.url).includes(
           `/requests/${enqueued}/status/stream`,
         ),
       );
