@@ -1,10 +1,12 @@
 """Parallel groups behind the real commands: ``serve --parallel ulysses:2`` answering the official
-Python fal client with the one-process pixels, and ``worker --parallel tp:2`` on Redis losing a
-rank mid-job: the worker exits non-zero saying why, and the restarted worker completes the job.
+clients (Python and JS fal clients, the OpenAI SDK streaming partial images) with the one-process
+pixels, and ``worker --parallel tp:2`` on Redis losing a rank mid-job: the worker exits non-zero
+saying why, and the restarted worker completes the job with the one-process pixels.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -21,6 +23,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from openai import OpenAI
+from openai.types import ImageEditCompletedEvent, ImageEditPartialImageEvent
 from PIL import Image
 
 from benchmarks.common import Server, flux2_edit_command, tiny_server
@@ -30,6 +34,9 @@ from pipelines.sizes import ImageSize
 from pipelines.types import EditRequest
 from service.jobs import JobStatus
 from service.queue.redis import RedisJobQueue
+from service.storage.redis import RedisArtifactStore
+from tests.clients.test_js_client import JS_DIR
+from tests.clients.test_js_client import node as node  # the fixture: node, the pinned client
 from tests.helpers.images import data_uri
 from tests.helpers.jobs import make_job
 
@@ -40,6 +47,7 @@ SETTINGS = {
     "FLUX2_REFERENCE_PIXELS": str(REFERENCE_PIXELS),
     "FLUX2_SAFETY_CHECKER": "none",  # random-weight outputs: keep the pixels as they are
     "FLUX2_LOG_LEVEL": "info",
+    "FLUX2_WARMUP": "false",  # ready sooner: a warm-up edit at 1024² is slow on CPU ranks
 }
 PROMPT = "paint the car #FF5733"
 RESULT_MARKER = "@@RESULT@@ "
@@ -47,6 +55,21 @@ CLIENT_SCRIPT = """
 import json, sys, fal_client
 result = fal_client.run("fal-ai/flux-2/flash/edit", arguments=json.loads(sys.argv[1]))
 print({marker!r} + json.dumps(result))
+"""
+JS_SCRIPT = """
+import {{ createFalClient }} from "@fal-ai/client";
+const origin = process.env.FLUX2_ORIGIN;
+const fal = createFalClient({{
+  credentials: "test-key",
+  requestMiddleware: async (request) => ({{
+    ...request,
+    url: request.url.replace("https://queue.fal.run/", `${{origin}}/queue/`),
+  }}),
+}});
+const result = await fal.subscribe("fal-ai/flux-2/flash/edit", {{
+  input: JSON.parse(process.argv[1]), mode: "polling", pollInterval: 200,
+}});
+console.log({marker!r} + JSON.stringify(result.data));
 """
 
 
@@ -86,8 +109,36 @@ def official_client_run(server: Server, arguments: dict[str, object]) -> dict[st
     return result
 
 
-def test_serve_parallel_gives_the_official_client_the_one_process_pixels(
-    tmp_path: Path, tiny_checkpoint: Path
+def official_js_client_run(node: str, server: Server, arguments: dict[str, object]) -> object:
+    """``fal.subscribe`` of the official JS client (polling), pointed at ``server``."""
+    env = {**os.environ, "FLUX2_ORIGIN": server.origin, "NODE_EXTRA_CA_CERTS": str(server.ca)}
+    script = textwrap.dedent(JS_SCRIPT.format(marker=RESULT_MARKER))
+    done = subprocess.run(
+        [node, "--input-type=module", "-e", script, json.dumps(arguments)],
+        cwd=JS_DIR,  # where the pinned @fal-ai/client is installed
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_MARKER)]
+    assert done.returncode == 0 and lines, f"{done.stderr}\n{server.log.read_text()[-3000:]}"
+    return json.loads(lines[-1][len(RESULT_MARKER) :])
+
+
+def fetched(server: Server, result: object) -> Image.Image:
+    """The one image of a fal result, fetched from the server."""
+    assert isinstance(result, dict), result
+    (image,) = result["images"]
+    context = ssl.create_default_context(cafile=str(server.ca))
+    served = httpx.get(image["url"], verify=context, timeout=30)
+    assert served.status_code == 200
+    return Image.open(io.BytesIO(served.content)).convert("RGB")
+
+
+def test_serve_parallel_gives_the_official_clients_the_one_process_pixels(
+    tmp_path: Path, tiny_checkpoint: Path, node: str
 ) -> None:
     settings = {**SETTINGS, "FLUX2_PARALLEL": "ulysses:2", "FLUX2_SCHEDULE": "1.0,0.5"}
     arguments = {
@@ -98,44 +149,66 @@ def test_serve_parallel_gives_the_official_client_the_one_process_pixels(
         "guidance_scale": 2.5,
     }
     with tiny_server(tmp_path / "serve", settings, tls=True) as server:
-        result = official_client_run(server, arguments)
-        (image,) = result["images"]  # type: ignore[misc]
+        python = fetched(server, official_client_run(server, arguments))
+        javascript = fetched(server, official_js_client_run(node, server, arguments))
         context = ssl.create_default_context(cafile=str(server.ca))
-        served = httpx.get(image["url"], verify=context, timeout=30)
-        assert served.status_code == 200
+        with (
+            httpx.Client(verify=context, timeout=60) as http,
+            OpenAI(base_url=f"{server.origin}/v1", api_key="test-key", http_client=http) as sdk,
+        ):
+            stream = sdk.images.edit(
+                model="fal-ai/flux-2/flash/edit", image=("car.png", png(reference())),
+                prompt=PROMPT, size="512x512", stream=True, partial_images=1,
+                extra_body={"seed": 5, "guidance_scale": 2.5},
+            )  # fmt: skip
+            events = list(stream)
         log = server.log.read_text()
     assert "parallel ulysses:2: ready" in log
-    got = Image.open(io.BytesIO(served.content)).convert("RGB")
+    # Rank 0 makes the previews of a parallel batch: one after step 1 of 2.
+    assert [type(e) for e in events] == [ImageEditPartialImageEvent, ImageEditCompletedEvent]
+    partial, completed = events
+    assert isinstance(partial, ImageEditPartialImageEvent) and partial.size == "128x128"
+    assert isinstance(completed, ImageEditCompletedEvent)
+    from_openai = Image.open(io.BytesIO(base64.b64decode(completed.b64_json))).convert("RGB")
 
+    expected = one_process(tiny_checkpoint, "1.0,0.5")
+    for got in (python, javascript, from_openai):
+        assert got.size == (512, 512)
+        assert max_diff(expected, got) <= 1
+
+
+def one_process(checkpoint: Path, schedule: str) -> Image.Image:
+    """What the one-process engine makes of the tests' edit (seed 5, guidance 2.5, 512x512)."""
     engine = Flux2Engine(
         Flux2EngineConfig(
-            model_path=tiny_checkpoint,
+            model_path=checkpoint,
             device="cpu",
-            schedule=parse_schedule("1.0,0.5"),
+            schedule=parse_schedule(schedule),
             reference_pixels=REFERENCE_PIXELS,
         )
     )
     engine.load()
     request = EditRequest("x", PROMPT, (reference(),), ImageSize(512, 512), seed=5)
-    (expected,) = engine.run([request])
-    difference = np.abs(
-        np.asarray(expected.images[0], dtype=np.int16) - np.asarray(got, dtype=np.int16)
-    )
-    assert got.size == (512, 512)
-    assert int(difference.max()) <= 1
+    (result,) = engine.run([request])
+    return result.images[0]
+
+
+def max_diff(a: Image.Image, b: Image.Image) -> int:
+    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
 
 
 def test_a_killed_rank_stops_the_worker_and_the_restarted_worker_completes_the_job(
-    redis_url: str, tmp_path: Path
+    redis_url: str, tmp_path: Path, tiny_checkpoint: Path
 ) -> None:
     steps = 6
+    schedule = ",".join(f"{1 - i / steps:.3f}" for i in range(steps))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLUX2_")}
     env.update(
         SETTINGS,
         FLUX2_REDIS_URL=redis_url,
         FLUX2_CACHE_DIR=str(tmp_path / "cache"),
         FLUX2_PARALLEL="tp:2",
-        FLUX2_SCHEDULE=",".join(f"{1 - i / steps:.3f}" for i in range(steps)),
+        FLUX2_SCHEDULE=schedule,
         FLUX2_LEASE_SECONDS="2",
     )
     queue = RedisJobQueue(redis_url, consumer="test", lease_seconds=2)
@@ -151,7 +224,8 @@ def test_a_killed_rank_stops_the_worker_and_the_restarted_worker_completes_the_j
     try:
         first, first_log = start("first")
         wait_for(lambda: "worker ready" in first_log.read_text(), 300, first_log)
-        job = make_job()
+        arguments = {"prompt": PROMPT, "image_urls": [data_uri(png(reference()))], "seed": 5}
+        job = make_job(input={**arguments, "image_size": "square", "guidance_scale": 2.5})
         queue.submit(job)
 
         def running() -> bool:
@@ -182,6 +256,10 @@ def test_a_killed_rank_stops_the_worker_and_the_restarted_worker_completes_the_j
         runners = [e.message for e in view.logs if e.message.startswith("Running FLUX.2")]
         assert len(runners) == 2, runners
         assert f":{second.pid} " in runners[-1]
+        (file,) = view.outcome.body["images"]
+        stored = RedisArtifactStore(redis_url).open(file["url"].split("/files/", 1)[1])
+        got = Image.open(io.BytesIO(stored.data)).convert("RGB")
+        assert max_diff(one_process(tiny_checkpoint, schedule), got) <= 1  # tp:2's pixels
 
         second.send_signal(signal.SIGTERM)  # drains, then ends its ranks
         assert second.wait(timeout=60) == 0
