@@ -14,7 +14,9 @@ class EditEngine(Protocol):
     """An image-edit engine. The lifecycle is ``load()`` once, ``warmup()``, then ``run()``.
 
     Implementations: :class:`pipelines.flux2.Flux2Engine` (the real diffusers pipeline, tiny or
-    full weights) and :class:`pipelines.fake.FakeEngine` (deterministic and instant, for tests).
+    full weights), :class:`pipelines.parallel.ParallelEngine` (one request over a group of rank
+    processes) and :class:`pipelines.fake.FakeEngine` (deterministic and instant, for tests).
+    An engine that holds processes also has ``close()``, which the worker calls when it stops.
     """
 
     @property

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
+from pipelines.layout import check_group, parse_gpus, parse_layout
 from pipelines.options import (
     DEVICE_PATTERN,
     AttentionBackend,
@@ -127,6 +128,18 @@ class EngineSettings(_Group):
         "starts faster (development, tests).",
     )
 
+    parallel: str | None = Field(
+        default=None,
+        description="Split each request over several GPUs (one process per rank): ulysses:N "
+        "(sequence parallel, every GPU holds the transformer) or tp:N (tensor parallel, each "
+        "GPU holds ~1/N of it); none or unset = one process. On the CPU the ranks use gloo.",
+    )
+    gpus: str | None = Field(
+        default=None,
+        description="With parallel: the GPUs of the ranks, e.g. 0,1,2,3 (one per rank; "
+        "default the first N).",
+    )
+
     @field_validator("schedule")
     @classmethod
     def _known_schedule(cls, value: str) -> str:
@@ -135,6 +148,17 @@ class EngineSettings(_Group):
         except ConfigError as exc:
             raise ValueError(exc.message) from exc
         return value
+
+    @model_validator(mode="after")
+    def _known_group(self) -> EngineSettings:
+        try:
+            layout = parse_layout(self.parallel)
+            check_group(layout, parse_gpus(self.gpus))
+        except ConfigError as exc:
+            raise ValueError(exc.message) from exc
+        if layout is not None and self.device.startswith("cuda:"):
+            raise ValueError(f"device={self.device} with parallel: name the GPUs with gpus")
+        return self
 
 
 class SafetySettings(_Group):

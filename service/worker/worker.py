@@ -59,8 +59,8 @@ class WorkerOptions:
     claim_timeout: how long one blocking claim waits (bounds shutdown latency).
     expire_every, reap_every: seconds between expiry and crash-recovery sweeps.
     warmup: run the engine's warm-up before reporting ready.
-    fail_jobs_when_broken: with an engine that failed to load, fail the jobs (one worker
-        serves them all) or leave them in the queue for healthy workers (scale-out).
+    fail_jobs_when_broken: with an engine that failed to load or died, fail the jobs (one
+        worker serves them all) or leave them in the queue for healthy workers (scale-out).
     prepare_threads, finish_threads: sizes of the CPU pools around the GPU stage.
     encode_threads: images encoded at once (the images of one job are encoded in parallel).
     prefetch_steps: None: the scheduler claims jobs for the next batch at any time. k: a busy
@@ -180,6 +180,7 @@ class Worker:
             policy=policy,
             warmup=options.warmup,
             name=name,
+            fail_on_death=options.fail_jobs_when_broken,
             previews=PreviewWriter(queue, store),
         )
         self._housekeeping = Housekeeping(
