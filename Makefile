@@ -5,12 +5,13 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.install-stamp
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
+GPU_CHECK_ARGS ?=
 
 LOCK   := requirements/dev.txt
 PIP    := $(PY) -m pip --disable-pip-version-check
 LOCK_ARGS ?=
 
-.PHONY: install lock system-deps demo test lint fmt typecheck bench clean
+.PHONY: install lock system-deps demo test lint fmt typecheck bench gpu-check clean
 
 install: $(STAMP)
 
@@ -54,6 +55,14 @@ lint: install
 # plot; results land in benchmarks/results/. e.g. make bench BENCH_ARGS="--only bench_gpu"
 bench: install
 	$(PY) -m benchmarks.run_all $(BENCH_ARGS)
+
+# The first thing to run on a new GPU: every GPU figure the project needs (the full-size
+# transformer with random weights at 1024² with 0, 1 and 3 references, s/step per fast path,
+# peak memory, the fraction of the compute floor, VAE and text encoder) in at most 8 minutes on
+# one H100/H200; results in benchmarks/results/gpu.{json,csv}, a summary line that names the
+# settings worth turning on. No weights or network needed.
+gpu-check: install
+	$(PY) -m benchmarks.bench_gpu $(GPU_CHECK_ARGS)
 
 typecheck: install
 	$(VENV)/bin/mypy core service pipelines weights benchmarks

@@ -1,9 +1,16 @@
-"""GPU: the full-size FLUX.2 [dev] transformer, VAE and text encoder, random weights, on CUDA.
+"""The one-command GPU check: every GPU figure this project needs, in at most 8 minutes.
 
 Usage::
 
+    make gpu-check                                          # = the line below
     .venv/bin/python -m benchmarks.bench_gpu                # writes results/gpu.{json,csv}
     .venv/bin/python -m benchmarks.bench_gpu --smoke --out /tmp/gpu-smoke.json   # CPU dry run
+
+Run it first on a new GPU. It needs no weights and no network, prints one summary line (seconds
+per step per fast path, the fraction of the compute floor reached, peak memory, and which fast
+paths beat plain bf16 by enough to turn on: ``recommend: FLUX2_...``) and keeps to a time budget
+(``--budget-s``, 480 s by default, sized for one H100/H200): a section that would not fit in what
+is left is recorded as skipped rather than run.
 
 Without a CUDA device it prints ``skipped: no CUDA device``, writes ``{"skipped": true, ...}``
 plus the analytic FLOPs per step (which need no GPU), and exits 0.
@@ -14,7 +21,7 @@ to bfloat16, materialised with ``to_empty(device="cuda")`` and filled with rando
 
 * **Transformer** (``Flux2Transformer2DModel``, 32.2 B parameters, 64.4 GB bf16): seconds per
   denoising step, i.e. one forward pass with the token counts of a 1024² edit: 512 text tokens,
-  4,096 target tokens and 4,096 per 1 MP reference, for 1, 2 and 4 references. Variants: plain
+  4,096 target tokens and 4,096 per 1 MP reference, for 0, 1 and 3 references. Variants: plain
   bf16 (PyTorch SDPA, the default), each attention backend that loads here, fused QKV
   projections, and regional compilation (``compile_repeated_blocks(fullgraph=True)``, last,
   because it cannot be undone), then fp8 on a freshly built transformer (``FLUX2_QUANTIZE=fp8``:
@@ -123,7 +130,18 @@ ATTENTION_BACKENDS = (
     "sage",
     "xformers",
 )
-REFERENCE_COUNTS = (1, 2, 4)
+REFERENCE_COUNTS = (0, 1, 3)
+BUDGET_S = 480.0  # 8 minutes on one H100/H200
+#: A fast path is recommended when it is at least this much faster than bf16 at every shape.
+RECOMMEND_SPEEDUP = 1.03
+#: The setting that turns each measured fast path on.
+SETTING_OF = {
+    "fused_qkv": "FLUX2_FUSE_QKV=true",
+    "compile_repeated_blocks": "FLUX2_COMPILE_BLOCKS=true",
+    "fp8": "FLUX2_QUANTIZE=fp8",
+}
+#: Seconds a section needs at least on an H100-class GPU (what is left is checked first).
+RESERVE_S = {"compile": 150.0, "fp8": 90.0, "vae": 15.0, "text_encoder": 45.0}
 
 # Shrunken configurations for --smoke (CPU): same code paths, tiny tensors.
 SMOKE_TRANSFORMER = {
@@ -298,6 +316,11 @@ class Context:
     smoke: bool
     warmup: int
     repeats: int
+    deadline: float = float("inf")  # time.monotonic() at which the budget is spent
+
+    def left(self) -> float:
+        """Seconds of the time budget left."""
+        return self.deadline - time.monotonic()
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -426,7 +449,18 @@ def bench_transformer(
     groups = linear_weights_by_group(model)  # before any fusing
     inputs = {shape: step_inputs(ctx, shape, config) for shape in shapes}
 
+    def over_budget(variant: str, reserve: float = 0.0) -> bool:
+        """Record ``variant`` as skipped when less than ``reserve`` s of the budget is left."""
+        if ctx.left() > reserve:
+            return False
+        rows.append({"variant": variant, "skipped": f"time budget ({ctx.left():.0f} s left)"})
+        saved()
+        progress(f"{variant}: skipped, {ctx.left():.0f} s of the budget left")
+        return True
+
     def measure(variant: str, first_call: bool = False) -> None:
+        if not variant.startswith("attention:") and over_budget(variant):
+            return
         for shape in shapes:
             flops = step_flops(groups, shape, config)
             row: dict[str, Any] = {
@@ -463,6 +497,8 @@ def bench_transformer(
     measure("bf16")
     if "backends" in args.variants:
         for backend in args.backends:
+            if over_budget(f"attention:{backend}"):
+                continue
             try:
                 model.set_attention_backend(backend)
             except Exception as exc:
@@ -483,7 +519,9 @@ def bench_transformer(
         finally:
             model.unfuse_qkv_projections()
             ctx.free()
-    if "compile" in args.variants:
+    if "compile" in args.variants and not over_budget(
+        "compile_repeated_blocks", 0 if ctx.smoke else RESERVE_S["compile"]
+    ):
         import torch._dynamo
 
         for name in ("recompile_limit", "cache_size_limit"):
@@ -491,7 +529,8 @@ def bench_transformer(
                 setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
         model.compile_repeated_blocks(fullgraph=True)
         measure("compile_repeated_blocks", first_call=True)
-    if "fp8" in args.variants:  # a fresh transformer: quantizing cannot be undone
+    if "fp8" in args.variants and not over_budget("fp8", 0 if ctx.smoke else RESERVE_S["fp8"]):
+        # a fresh transformer: quantizing cannot be undone
         from pipelines.flux2 import _check_quantize, _quantize_fp8
 
         del model
@@ -593,6 +632,7 @@ def run(args: argparse.Namespace, report: dict[str, Any], save: Callable[[], Non
         smoke=smoke,
         warmup=args.warmup,
         repeats=args.repeats,
+        deadline=time.monotonic() + args.budget_s,
     )
     transformer_config = SMOKE_TRANSFORMER if smoke else TRANSFORMER_CONFIG
     size, reference_side, text_tokens = (64, 64, 8) if smoke else (1024, 1024, TEXT_TOKENS)
@@ -605,6 +645,7 @@ def run(args: argparse.Namespace, report: dict[str, Any], save: Callable[[], Non
         "dtype": "bfloat16",
         "warmup": args.warmup,
         "repeats": args.repeats,
+        "budget_s": args.budget_s,
         "variants": args.variants,
         "backends": args.backends,
         "shapes": [asdict(s) | {"tokens": s.tokens} for s in shapes],
@@ -624,6 +665,10 @@ def run(args: argparse.Namespace, report: dict[str, Any], save: Callable[[], Non
         if (section == "vae" and args.no_vae) or (
             section == "text_encoder" and args.no_text_encoder
         ):
+            continue
+        if not smoke and ctx.left() < RESERVE_S.get(section, 0.0):
+            report[section] = {"skipped": f"time budget ({ctx.left():.0f} s left)"}
+            progress(f"{section}: skipped, {ctx.left():.0f} s of the budget left")
             continue
         try:
             if section == "transformer":
@@ -645,6 +690,38 @@ def run(args: argparse.Namespace, report: dict[str, Any], save: Callable[[], Non
         save()
 
 
+def speedups(report: dict[str, Any]) -> dict[str, dict[int, float]]:
+    """Each fast path's speed-up over plain bf16 (bf16 s/step over its s/step), per reference
+    count, for the variants timed at every shape bf16 was."""
+    rows = [r for r in report.get("transformer", []) if "s_per_step" in r]
+    base = {r["references"]: r["s_per_step"] for r in rows if r["variant"] == "bf16"}
+    found: dict[str, dict[int, float]] = {}
+    for row in rows:
+        if row["variant"] != "bf16" and row["references"] in base:
+            found.setdefault(row["variant"], {})[row["references"]] = round(
+                base[row["references"]] / row["s_per_step"], 3
+            )
+    return {name: ups for name, ups in found.items() if set(ups) == set(base)}
+
+
+def recommendations(report: dict[str, Any]) -> list[str]:
+    """The settings worth turning on: fast paths at least :data:`RECOMMEND_SPEEDUP` faster than
+    bf16 at every reference count (the best attention backend only; each alone against bf16,
+    so confirm a combination with a second run)."""
+    wins = {
+        name: min(ups.values())
+        for name, ups in speedups(report).items()
+        if min(ups.values()) >= RECOMMEND_SPEEDUP
+    }
+    chosen = []
+    backends = {n: w for n, w in wins.items() if n.startswith("attention:")}
+    if backends:
+        best = max(backends, key=lambda name: backends[name])
+        chosen.append(f"FLUX2_ATTENTION_BACKEND={best.split(':', 1)[1]}")
+    chosen += [SETTING_OF[name] for name in SETTING_OF if name in wins]
+    return chosen
+
+
 def summary(report: dict[str, Any]) -> str:
     rows = [r for r in report.get("transformer", []) if "s_per_step" in r]
     base = {r["references"]: r for r in rows if r["variant"] == "bf16"}
@@ -653,30 +730,27 @@ def summary(report: dict[str, Any]) -> str:
         parts.append(
             "bf16 s/step "
             + ", ".join(
-                f"{refs} ref {r['s_per_step']:.3f} (floor {r['floor_s']:.3f}, "
-                f"{100 * r['efficiency']:.0f} %)"
+                f"{refs} ref {r['s_per_step']:.3f} ({100 * r['efficiency']:.0f} % of floor, "
+                f"{r['peak_gb']} GB)"
                 for refs, r in sorted(base.items())
             )
         )
-        best: dict[str, Any] | None = None
-        for r in rows:
-            ref = base.get(r["references"])
-            if r["variant"] != "bf16" and ref is not None and r["references"] == min(base):
-                speedup = ref["s_per_step"] / r["s_per_step"]
-                if best is None or speedup > best["speedup"]:
-                    best = {"variant": r["variant"], "speedup": speedup}
-        if best is not None:
-            parts.append(
-                f"best fast path {best['variant']} x{best['speedup']:.2f} at {min(base)} ref"
-            )
+    for name, ups in speedups(report).items():
+        parts.append(f"{name} x" + "/".join(f"{ups[refs]:.2f}" for refs in sorted(ups)))
+    parts.append("recommend: " + (", ".join(recommendations(report)) or "none (bf16 as is)"))
     vae = report.get("vae", {})
     if "encode_s" in vae:
         parts.append(f"VAE encode {vae['encode_s']:.3f} s, decode {vae['decode_s']:.3f} s")
     text = report.get("text_encoder", {})
     if "pass_s" in text:
         parts.append(f"text encoder {text['pass_s']:.3f} s")
+    skipped = [r["variant"] for r in report.get("transformer", []) if "skipped" in r]
+    skipped += [k for k in ("vae", "text_encoder") if "skipped" in report.get(k, {})]
+    if skipped:
+        parts.append(f"skipped for time: {', '.join(skipped)}")
     if report.get("errors"):
         parts.append(f"errors in {', '.join(report['errors'])}")
+    parts.append(f"{report.get('elapsed_s', 0):.0f} s")
     return "; ".join(parts)
 
 
@@ -691,8 +765,11 @@ def main() -> int:
         help="fast paths measured after plain bf16",
     )
     parser.add_argument("--backends", nargs="+", default=list(ATTENTION_BACKENDS))
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--budget-s", type=float, default=BUDGET_S, help="time budget in seconds (480)"
+    )
     parser.add_argument("--no-vae", action="store_true")
     parser.add_argument("--no-text-encoder", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="CPU dry run with tiny configs")
@@ -713,15 +790,21 @@ def main() -> int:
         summary_line(NAME, "skipped: no CUDA device")
         return 0
 
+    started = time.monotonic()
     report = run_record(NAME, ("torch", "diffusers", "transformers"))
     report["skipped"] = False
 
     def save() -> None:
+        report["elapsed_s"] = round(time.monotonic() - started, 1)
         write_json(args.out, report)
         if report.get("transformer"):
             write_csv(args.out.with_suffix(".csv"), report["transformer"])
 
     run(args, report, save)
+    report["speedups"] = {
+        name: {str(k): v for k, v in ups.items()} for name, ups in speedups(report).items()
+    }
+    report["recommend"] = recommendations(report)
     save()
     summary_line(NAME, summary(report))
     return 1 if report.get("errors") else 0

@@ -96,7 +96,7 @@ def real_model_estimate() -> dict[str, Any]:
     from benchmarks.bench_gpu import TEXT_CONFIG, analytic_report, text_encoder_flops
 
     full = text_encoder_flops({**TEXT_CONFIG, "num_hidden_layers": 40}, lm_head=True)
-    step = analytic_report()["per_step_1024"][0]  # 1024², one 1 MP reference
+    (step,) = [r for r in analytic_report()["per_step_1024"] if r["references"] == 1]  # 1 MP
     edit_tflop = TURBO_STEPS * step["total_tflop"]
     encoder_tflop = full["flops"] / 1e12
     compute_ms = full["flops"] / (H100_BF16_TFLOPS * 1e12) * 1000

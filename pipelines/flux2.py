@@ -34,7 +34,7 @@ import importlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,12 +148,8 @@ class Flux2EngineConfig:
     allow_prompt_expansion: bool = True
 
 
-class _Cancelled(Exception):
-    """Every request of a sub-batch was cancelled: stop before the decode."""
-
-
 @dataclass
-class _Rows:
+class Rows:
     """The batch tensors, one row per output image, that shrink when requests are cancelled."""
 
     owners: list[int]  # request index of each row
@@ -181,6 +177,36 @@ class _Rows:
             "guidance",
         ):
             setattr(self, name, getattr(self, name).index_select(0, picked))
+
+
+@dataclass
+class Denoising:
+    """One sub-batch between preparation and decoding: its rows and its schedule.
+
+    ``requests`` counts the requests (``rows.owners`` index them); ``sigmas`` and ``mu`` are what
+    the scheduler was given, so another process can set its scheduler the same way.
+    """
+
+    requests: int
+    rows: Rows
+    steps: int
+    sigmas: list[float]
+    mu: float
+    prompts_used: list[str] = field(default_factory=list)
+    timesteps: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+
+
+def wanted_by(
+    requests: Sequence[EditRequest], should_cancel: CancelCheck | None
+) -> Callable[[set[int]], set[int]]:
+    """The requests of ``alive`` that ``should_cancel`` does not cancel (asked per request)."""
+
+    def decide(alive: set[int]) -> set[int]:
+        if should_cancel is None:
+            return alive
+        return {i for i in alive if not should_cancel(requests[i].request_id)}
+
+    return decide
 
 
 class Flux2Engine:
@@ -351,22 +377,10 @@ class Flux2Engine:
         sequence length, which later requests of any size reuse instead of compiling again.
         """
         started = time.perf_counter()
-        for output, reference_side, num_images in warmup_shapes(
+        for request in warmup_requests(
             self.config.reference_pixels, compile_blocks=self.config.compile_blocks
         ):
-            reference = Image.new("RGB", (reference_side, reference_side), (128, 128, 128))
-            self.run(
-                [
-                    EditRequest(
-                        request_id="warmup",
-                        prompt="warm up",
-                        images=(reference,),
-                        size=ImageSize(output, output),
-                        seed=0,
-                        num_images=num_images,
-                    )
-                ]
-            )
+            self.run([request])
         logger.info("warm-up took %.1f s", time.perf_counter() - started)
 
     # -- running -----------------------------------------------------------------------------
@@ -412,10 +426,21 @@ class Flux2Engine:
         on_step: StepCallback | None,
         should_cancel: CancelCheck | None,
     ) -> list[EditResult]:
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        work = self._prepare(requests, timings)  # steps 1-6
+
+        # 7. Denoising loop, dropping cancelled requests before every step.
+        mark = time.perf_counter()
+        stepped = self._reporter(requests, work, on_step)
+        alive = self._denoise(work, wanted_by(requests, should_cancel), stepped)
+        timings["denoise"] = time.perf_counter() - mark
+        return self._finish(requests, work, alive, timings, started)  # step 8
+
+    def _prepare(self, requests: list[EditRequest], timings: dict[str, float]) -> Denoising:
+        """Steps 1-6: everything before the denoising loop, as batch rows and a schedule."""
         pipe = self.pipe
         device = self._compute_device
-        schedule = self.config.schedule
-        timings: dict[str, float] = {}
         started = time.perf_counter()
 
         # 1. Reference images: resize to about 1 MP on the 16-pixel grid, then exactly what
@@ -465,7 +490,7 @@ class Flux2Engine:
             device=device,
             generator=generators,
         )
-        rows = _Rows(
+        rows = Rows(
             owners=owners,
             latents=latents,
             latent_ids=latent_ids,
@@ -479,40 +504,74 @@ class Flux2Engine:
         )
 
         # 6. Timesteps: the schedule's sigmas *and* its step count, as the Turbo recipe passes.
+        schedule = self.config.schedule
         steps = schedule.num_inference_steps
         sigmas = (
             list(schedule.sigmas)
             if schedule.sigmas is not None
-            else np.linspace(1.0, 1 / steps, steps)
+            else np.linspace(1.0, 1 / steps, steps).tolist()
         )
         mu = compute_empirical_mu(image_seq_len=latents.shape[1], num_steps=steps)
-        timesteps, steps = retrieve_timesteps(pipe.scheduler, steps, device, sigmas=sigmas, mu=mu)
+        work = Denoising(len(requests), rows, steps, sigmas, float(mu), prompts_used)
+        self._set_timesteps(work)
+        return work
 
-        # 7. Denoising loop, dropping cancelled requests before every step (and making the
-        #    previews asked for, if any: pipelines/previews.py).
-        mark = time.perf_counter()
-        alive = set(range(len(requests)))
-        due = preview_plan(requests, steps)
+    def _set_timesteps(self, work: Denoising) -> None:
+        """Give the scheduler ``work``'s schedule (every rank of a group does the same)."""
+        work.timesteps, work.steps = retrieve_timesteps(
+            self.pipe.scheduler,
+            work.steps,
+            self._compute_device,
+            sigmas=work.sigmas,
+            mu=work.mu,
+        )
+
+    def _denoise(
+        self,
+        work: Denoising,
+        decide: Callable[[set[int]], set[int]],
+        stepped: Callable[[int, set[int], torch.Tensor], None] | None = None,
+    ) -> set[int]:
+        """Step 7: the denoising loop; returns the requests still wanted at its end.
+
+        ``decide(alive)`` answers which requests are still wanted before every step and once
+        after the last; the rows of the others are dropped at once, and when none is left the
+        loop stops (nothing is decoded). ``stepped(i, alive, before)`` follows every step, with
+        the latents from before it (for previews).
+        """
+        pipe = self.pipe
+        rows = work.rows
+        alive = set(range(work.requests))
         pipe.scheduler.set_begin_index(0)
-        try:
-            for i, t in enumerate(timesteps):
-                alive = self._still_wanted(requests, alive, should_cancel, rows)
-                before = rows.latents
-                rows.latents = self._step(pipe, rows, t)
-                if on_step is not None:
-                    shown = self._previews(requests, alive, rows, before, i, due) if due else ()
-                    ids = tuple(requests[j].request_id for j in alive)
-                    on_step(StepEvent(i + 1, steps, ids, shown))
-            alive = self._still_wanted(requests, alive, should_cancel, rows)
-        except _Cancelled:
-            alive = set()
-        timings["denoise"] = time.perf_counter() - mark
+        for i, t in enumerate(work.timesteps):
+            alive = decide(alive)
+            if not alive:
+                return alive
+            rows.keep(alive)
+            before = rows.latents
+            rows.latents = self._step(pipe, rows, t)
+            if stepped is not None:
+                stepped(i, alive, before)
+        alive = decide(alive)
+        if alive:
+            rows.keep(alive)
+        return alive
 
-        # 8. Decode what is left.
+    def _finish(
+        self,
+        requests: list[EditRequest],
+        work: Denoising,
+        alive: set[int],
+        timings: dict[str, float],
+        started: float,
+    ) -> list[EditResult]:
+        """Step 8: decode what is left; one result per request."""
         mark = time.perf_counter()
         images: dict[int, list[Image.Image]] = {i: [] for i in alive}
         if alive:
-            for owner, image in zip(rows.owners, self._decode(pipe, rows), strict=True):
+            for owner, image in zip(
+                work.rows.owners, self._decode(self.pipe, work.rows), strict=True
+            ):
                 images[owner].append(_crop(image, requests[owner].size))
         timings["decode"] = time.perf_counter() - mark
         timings["inference"] = time.perf_counter() - started
@@ -521,7 +580,7 @@ class Flux2Engine:
             EditResult(
                 request_id=request.request_id,
                 images=tuple(images.get(i, ())),
-                prompt=prompts_used[i],
+                prompt=work.prompts_used[i],
                 seed=request.seed,
                 timings=dict(timings),
                 cancelled=i not in alive,
@@ -597,26 +656,29 @@ class Flux2Engine:
             self.prompt_cache.put(key, (embeds, text_ids))
         return embeds, text_ids
 
-    @staticmethod
-    def _still_wanted(
-        requests: list[EditRequest],
-        alive: set[int],
-        should_cancel: CancelCheck | None,
-        rows: _Rows,
-    ) -> set[int]:
-        if should_cancel is None:
-            return alive
-        wanted = {i for i in alive if not should_cancel(requests[i].request_id)}
-        if not wanted:
-            raise _Cancelled
-        rows.keep(wanted)
-        return wanted
+    def _reporter(
+        self, requests: Sequence[EditRequest], work: Denoising, on_step: StepCallback | None
+    ) -> Callable[[int, set[int], torch.Tensor], None] | None:
+        """``on_step`` as :meth:`_denoise` calls it: step ``i`` done, ``alive`` left, with the
+        previews due after it (pipelines/previews.py; drawn from ``work``'s rows)."""
+        if on_step is None:
+            return None
+        report = on_step
+        listed = list(requests)
+        due = preview_plan(listed, work.steps)
+
+        def stepped(i: int, alive: set[int], before: torch.Tensor) -> None:
+            shown = self._previews(listed, alive, work.rows, before, i, due) if due else ()
+            ids = tuple(listed[j].request_id for j in sorted(alive))
+            report(StepEvent(i + 1, work.steps, ids, shown))
+
+        return stepped
 
     def _previews(
         self,
         requests: list[EditRequest],
         alive: set[int],
-        rows: _Rows,
+        rows: Rows,
         before: torch.Tensor,
         index: int,
         due: dict[int, list[tuple[int, int]]],
@@ -647,7 +709,7 @@ class Flux2Engine:
         )
 
     @staticmethod
-    def _step(pipe: Flux2Pipeline, rows: _Rows, t: torch.Tensor) -> torch.Tensor:
+    def _step(pipe: Flux2Pipeline, rows: Rows, t: torch.Tensor) -> torch.Tensor:
         latents = rows.latents
         timestep = t.expand(latents.shape[0]).to(latents.dtype)
         model_input = torch.cat([latents, rows.image_latents], dim=1).to(pipe.transformer.dtype)
@@ -665,7 +727,7 @@ class Flux2Engine:
         return pipe.scheduler.step(noise_pred, t, latents, return_dict=False)[0]
 
     @staticmethod
-    def _decode(pipe: Flux2Pipeline, rows: _Rows) -> list[Image.Image]:
+    def _decode(pipe: Flux2Pipeline, rows: Rows) -> list[Image.Image]:
         latents = pipe._unpack_latents_with_ids(rows.latents, rows.latent_ids)
         bn = pipe.vae.bn
         mean = bn.running_mean.view(1, -1, 1, 1).to(latents.device, latents.dtype)
@@ -700,6 +762,23 @@ def warmup_shapes(
     default = PRESETS[DEFAULT_PRESET]  # square_hd, 1024x1024
     shapes.append((default.width, reference_side, 1))
     return shapes
+
+
+def warmup_requests(reference_pixels: int, *, compile_blocks: bool = False) -> list[EditRequest]:
+    """The edits :meth:`Flux2Engine.warmup` runs, one per :func:`warmup_shapes` entry."""
+    return [
+        EditRequest(
+            request_id="warmup",
+            prompt="warm up",
+            images=(Image.new("RGB", (reference_side, reference_side), (128, 128, 128)),),
+            size=ImageSize(output, output),
+            seed=0,
+            num_images=num_images,
+        )
+        for output, reference_side, num_images in warmup_shapes(
+            reference_pixels, compile_blocks=compile_blocks
+        )
+    ]
 
 
 def _fuse_lora(pipe: Flux2Pipeline, path: Path, scale: float) -> None:
@@ -849,9 +928,15 @@ def _set_attention_backend(transformer: Any, name: str, device: torch.device) ->
     logger.info("attention backend: %s", name)
 
 
-def _choose_attention_backend(transformer: Any, device: torch.device, dtype: torch.dtype) -> str:
+def _choose_attention_backend(
+    transformer: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+    only: Collection[str] | None = None,
+) -> str:
     """``attention_backend=auto``: the first of FlashAttention 3 (Hopper: the local build, then
-    the hub kernel), FlashAttention 2 and ``native`` that is installed and loads."""
+    the hub kernel), FlashAttention 2 and ``native`` that is installed and loads (and is in
+    ``only``, when given: context parallelism needs a backend that supports it)."""
     wanted = []
     if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
         if torch.cuda.get_device_capability(device)[0] == 9:
@@ -859,7 +944,7 @@ def _choose_attention_backend(transformer: Any, device: torch.device, dtype: tor
         wanted.append("flash")
     available = set(available_attention_backends(device))
     for name in [*wanted, "native"]:
-        if name not in available:
+        if name not in available or (only is not None and name not in only):
             continue
         try:
             transformer.set_attention_backend(name)
@@ -904,5 +989,6 @@ __all__ = [
     "Flux2EngineConfig",
     "available_attention_backends",
     "quiet_libraries",
+    "warmup_requests",
     "warmup_shapes",
 ]

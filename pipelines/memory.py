@@ -49,13 +49,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
 
 from core.errors import ConfigError, WeightsError
+from pipelines.layout import ParallelLayout
 from weights.verify import read_safetensors_header
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,9 @@ AUTO = "auto"
 ENCODE_ONLY_TEXT_LAYERS = 31
 ACTIVATION_FRACTION = 0.20
 MIN_HEADROOM = 1 * GiB
+#: Share of FLUX.2 [dev]'s transformer that diffusers' ``_tp_plan`` splits (62.81 of 64.45 GB,
+#: counted on a meta-device model); used when a checkpoint was not measured with the plan.
+TP_SHARDED_FRACTION = 0.9747
 
 _FLOAT_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 _TEXT_LAYER = re.compile(r"(?:^|\.)language_model\.(?:model\.)?layers\.(\d+)\.")
@@ -100,10 +104,26 @@ class ComponentSizes:
     vae: int
     transformer_fp8: int | None = None
     text_encoder_encode_only: int | None = None
+    #: The transformer weights tensor parallelism splits (the rest is replicated on every rank).
+    transformer_tp_sharded: int | None = None
 
     @property
     def total(self) -> int:
         return self.transformer + self.text_encoder + self.vae
+
+
+#: FLUX.2 [dev] in bf16, for planning without the checkpoint (docs, tables): the transformer,
+#: its fp8 size and its tensor-parallel share counted on a meta-device model with the real
+#: configuration; the text encoder (24.01 B parameters; 17.9 B encode-only) and the VAE (84.0 M)
+#: from ``docs/reference/flux2-diffusers.md`` §2.8 and §4.
+FLUX2_DEV = ComponentSizes(
+    transformer=64_446_562_304,
+    text_encoder=48_020_000_000,
+    vae=168_000_000,
+    transformer_fp8=32_239_985_152,
+    text_encoder_encode_only=35_800_000_000,
+    transformer_tp_sharded=62_813_896_704,
+)
 
 
 @dataclass(frozen=True)
@@ -247,6 +267,182 @@ def plan(
     )
 
 
+# -- a parallel group ---------------------------------------------------------------------------
+
+#: Where the weights of a parallel group can live: the transformer (or each rank's share of it)
+#: always on every rank's GPU; the text encoder on rank 0's GPU (``resident``) or its CPU
+#: (``offload_text_encoder``); the VAE on rank 0's GPU. Rank 0 alone encodes prompts and
+#: references and decodes, and broadcasts what the other ranks need (embeddings, latents, ids).
+GROUP_PROFILES = (MemoryProfile.RESIDENT, MemoryProfile.OFFLOAD_TEXT_ENCODER)
+
+
+@dataclass(frozen=True)
+class RankNeed:
+    """The GPU bytes one rank of a group needs, and what they are for."""
+
+    rank: int
+    transformer: int
+    text_encoder: int
+    vae: int
+    headroom: int
+
+    @property
+    def total(self) -> int:
+        return self.transformer + self.text_encoder + self.vae + self.headroom
+
+    def describe(self) -> str:
+        parts = [f"transformer {_gb(self.transformer)}"]
+        if self.text_encoder:
+            parts.append(f"text encoder {_gb(self.text_encoder)}")
+        if self.vae:
+            parts.append(f"VAE {_gb(self.vae)}")
+        parts.append(f"headroom {_gb(self.headroom)}")
+        return f"rank {self.rank} needs ~{_gb(self.total)} ({', '.join(parts)})"
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """Where a parallel group keeps its weights, and each rank's GPU need (``ranks``)."""
+
+    layout: ParallelLayout
+    profile: MemoryProfile
+    ranks: tuple[RankNeed, ...]
+    reason: str
+    fits: bool = True
+    gpu_bytes: tuple[int, ...] | None = None
+
+    def lines(self) -> list[str]:
+        """One log line per rank, with its GPU's free memory when known."""
+        free = self.gpu_bytes or ()
+        return [
+            need.describe() + (f" of {_gb(free[need.rank])} free" if need.rank < len(free) else "")
+            for need in self.ranks
+        ]
+
+
+def transformer_share(
+    sizes: ComponentSizes, layout: ParallelLayout | None, *, fp8: bool = False
+) -> int:
+    """Transformer bytes one rank holds: all of it, or with tensor parallelism its 1/N share of
+    the split weights plus the replicated rest (modulation, embedders, norms, output layer)."""
+    full = sizes.transformer
+    if fp8:
+        full = sizes.transformer_fp8 if sizes.transformer_fp8 is not None else full // 2
+    if layout is None or not layout.divides_weights:
+        return full
+    sharded = sizes.transformer_tp_sharded
+    if sharded is None:  # not measured: FLUX.2 [dev] splits 97.5 % of its transformer
+        sharded = round(TP_SHARDED_FRACTION * full)
+    return full - sharded + -(-sharded // layout.degree)
+
+
+def rank_needs(
+    profile: MemoryProfile,
+    sizes: ComponentSizes,
+    layout: ParallelLayout,
+    *,
+    fp8: bool = False,
+    encode_only_text_encoder: bool = False,
+    headroom: int | None = None,
+    extra_bytes: int = 0,
+) -> tuple[RankNeed, ...]:
+    """Each rank's GPU need under ``profile`` (``resident`` or ``offload_text_encoder``).
+
+    Activations are split between the ranks too (tokens with Ulysses, heads and MLP columns with
+    tensor parallelism), so each rank keeps 1/N of the one-GPU headroom, at least 1 GiB (an
+    estimate, like the headroom itself). Rank 0 also holds the VAE, the prompt cache
+    (``extra_bytes``) and, when resident, the text encoder.
+    """
+    share = transformer_share(sizes, layout, fp8=fp8)
+    room = headroom if headroom is not None else activation_headroom(sizes)
+    room = max(MIN_HEADROOM, -(-room // layout.degree))
+    text_encoder = sizes.text_encoder
+    if encode_only_text_encoder and sizes.text_encoder_encode_only is not None:
+        text_encoder = sizes.text_encoder_encode_only
+    if profile is not MemoryProfile.RESIDENT:
+        text_encoder = 0
+    first = RankNeed(0, share, text_encoder, sizes.vae, room + extra_bytes)
+    return (first, *(RankNeed(rank, share, 0, 0, room) for rank in range(1, layout.degree)))
+
+
+def plan_group(
+    gpu_bytes: Sequence[int] | None,
+    sizes: ComponentSizes,
+    layout: ParallelLayout,
+    *,
+    override: MemoryProfile | str | None = None,
+    fp8: bool = False,
+    encode_only_text_encoder: bool = False,
+    headroom: int | None = None,
+    extra_bytes: int = 0,
+) -> GroupPlan:
+    """Pick where a group's text encoder lives, from each rank's free GPU memory.
+
+    ``gpu_bytes`` lists the free bytes of each rank's GPU (``None``: the group runs on the CPU).
+    ``resident`` when every rank fits with the text encoder on rank 0's GPU, else
+    ``offload_text_encoder``; when even that does not fit, it still applies with ``fits=False``.
+
+    Raises:
+        ConfigError: ``override`` is a profile a group cannot use (``model_offload``; ``cpu``
+            with GPUs, or a GPU profile without them), or ``gpu_bytes`` has the wrong length.
+    """
+    if isinstance(override, str):
+        override = parse_profile(override)
+    needs_of = partial(
+        rank_needs,
+        sizes=sizes,
+        layout=layout,
+        fp8=fp8,
+        encode_only_text_encoder=encode_only_text_encoder,
+        headroom=headroom,
+        extra_bytes=extra_bytes,
+    )
+    if gpu_bytes is None:
+        if override not in (None, MemoryProfile.CPU):
+            raise ConfigError(
+                f"memory_profile {override.value!r} places weights on GPUs, but the group runs on "
+                "the CPU: use memory_profile=auto or cpu"
+            )
+        cpu = tuple(RankNeed(rank, 0, 0, 0, 0) for rank in range(layout.degree))
+        return GroupPlan(layout, MemoryProfile.CPU, cpu, "no GPU: every rank on the CPU")
+    free = tuple(gpu_bytes)
+    if len(free) != layout.degree:
+        raise ConfigError(f"{layout} needs {layout.degree} GPUs, got {len(free)}")
+    if override is not None and override not in GROUP_PROFILES:
+        raise ConfigError(
+            f"memory_profile {override.value!r} cannot be used with parallel={layout}: use auto, "
+            f"{' or '.join(p.value for p in GROUP_PROFILES)} (every rank keeps its transformer "
+            "share on its GPU)"
+        )
+
+    def fitting(profile: MemoryProfile) -> tuple[tuple[RankNeed, ...], bool]:
+        ranks = needs_of(profile)
+        return ranks, all(need.total <= room for need, room in zip(ranks, free, strict=True))
+
+    if override is not None:
+        ranks, fits = fitting(override)
+        reason = f"set by memory_profile ({override.value})"
+        if not fits:
+            reason += ": does not fit; expect out-of-memory errors"
+        return GroupPlan(layout, override, ranks, reason, fits, free)
+    for profile in GROUP_PROFILES:
+        ranks, fits = fitting(profile)
+        if fits:
+            where = "rank 0's GPU" if profile is MemoryProfile.RESIDENT else "rank 0's CPU"
+            return GroupPlan(layout, profile, ranks, f"text encoder on {where}", True, free)
+    last = GROUP_PROFILES[-1]
+    ranks, _ = fitting(last)
+    return GroupPlan(
+        layout,
+        last,
+        ranks,
+        f"nothing fits: even {last.value} needs more than the free memory "
+        "(more ranks, tensor parallelism or fp8 would help)",
+        False,
+        free,
+    )
+
+
 # -- sizes from checkpoint headers ------------------------------------------------------------
 
 
@@ -303,6 +499,7 @@ def measure_checkpoint(
     *,
     dtype_bytes: int | None = None,
     text_layers: int = ENCODE_ONLY_TEXT_LAYERS,
+    tp_patterns: Sequence[str] = (),
 ) -> ComponentSizes:
     """Component sizes of a diffusers FLUX.2 checkpoint, from its safetensors headers.
 
@@ -311,6 +508,9 @@ def measure_checkpoint(
         dtype_bytes: bytes per element floating-point weights will have once loaded (2 for
             bfloat16, 4 for float32); ``None`` keeps the stored sizes.
         text_layers: decoder layers an encode-only text encoder keeps.
+        tp_patterns: the module globs tensor parallelism splits (the keys of diffusers'
+            ``Flux2Transformer2DModel._tp_plan``, e.g. ``transformer_blocks.*.attn.to_q``);
+            their weights are ``transformer_tp_sharded``.
 
     Raises:
         WeightsError: a component folder has no safetensors file or an unreadable header.
@@ -327,7 +527,17 @@ def measure_checkpoint(
         text_encoder_encode_only=_total(
             (e for e in text_encoder if _used_by_encoding(e.name, text_layers)), dtype_bytes
         ),
+        transformer_tp_sharded=_total(_sharded(transformer, tp_patterns), dtype_bytes)
+        if tp_patterns
+        else None,
     )
+
+
+def _sharded(entries: list[TensorEntry], patterns: Sequence[str]) -> list[TensorEntry]:
+    """The weights of the modules ``patterns`` name (a ``*`` stands for one block index)."""
+    globs = [re.escape(pattern).replace(r"\*", r"\d+") for pattern in patterns]
+    weight = re.compile(rf"^(?:{'|'.join(globs)})\.weight$")
+    return [entry for entry in entries if weight.match(entry.name)]
 
 
 def _total(entries: Iterable[TensorEntry], dtype_bytes: int | None) -> int:
@@ -360,14 +570,21 @@ def _gb(count: int) -> str:
 
 __all__ = [
     "ENCODE_ONLY_TEXT_LAYERS",
+    "FLUX2_DEV",
     "PROFILE_CHOICES",
+    "GROUP_PROFILES",
     "ComponentSizes",
+    "GroupPlan",
     "MemoryProfile",
     "Plan",
+    "RankNeed",
     "activation_headroom",
     "gpu_need",
     "measure_checkpoint",
     "parse_profile",
     "plan",
+    "plan_group",
+    "rank_needs",
+    "transformer_share",
     "tensor_entries",
 ]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from pipelines.prompt_cache import CacheStats
-from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback
+from pipelines.types import CancelCheck, EditRequest, EditResult, LoraWeights, StepCallback
 
 
 @runtime_checkable
@@ -14,16 +14,35 @@ class EditEngine(Protocol):
     """An image-edit engine. The lifecycle is ``load()`` once, ``warmup()``, then ``run()``.
 
     Implementations: :class:`pipelines.flux2.Flux2Engine` (the real diffusers pipeline, tiny or
-    full weights) and :class:`pipelines.fake.FakeEngine` (deterministic and instant, for tests).
+    full weights), :class:`pipelines.parallel.ParallelEngine` (one request over a group of rank
+    processes) and :class:`pipelines.fake.FakeEngine` (deterministic and instant, for tests).
+    An engine that holds processes also has ``close()``, which the worker calls when it stops.
     """
 
     @property
     def num_steps(self) -> int:
-        """Denoising steps per call; progress events count up to this."""
+        """Denoising steps of the turbo regime (a request's ``steps=None``); progress events of
+        a sub-batch count up to its own step count."""
         ...
 
     def prompt_cache_stats(self) -> CacheStats | None:
         """Counters of the prompt-embedding cache, for metrics; None without one."""
+        ...
+
+    def adapter_cache_stats(self) -> CacheStats | None:
+        """Counters of the loaded-adapter (LoRA) cache, for metrics; None without one."""
+        ...
+
+    def check_lora(self, lora: LoraWeights) -> None:
+        """Check that ``lora`` (a local file) can be applied to this engine's model.
+
+        Called by the worker's preparation stage, off the GPU thread, before the job joins a
+        batch; must be safe to call while ``run`` is running.
+
+        Raises:
+            InvalidRequest: the file is not safetensors, is unreadable, or its keys or shapes
+                are for another model (the message says which).
+        """
         ...
 
     def load(self) -> None:

@@ -16,19 +16,22 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import Flux2Error, QueueFull, QueueUnavailable, Unauthorized
 from service.auth import ApiKeys
+from service.endpoints import Endpoint
 from service.fal_errors import error_body, pydantic_problems
 from service.job_access import AsyncJobs
 from service.limits import BodyLimitMiddleware
 from service.metrics import Metrics
 from service.middleware import MetricsMiddleware, RequestIdMiddleware, UnexpectedErrorMiddleware
+from service.openapi import complete
 from service.proxy import FalProxyMiddleware
 from service.queue.base import JobQueue
 from service.routes import files as files_routes
@@ -39,14 +42,24 @@ from service.routes import playground as playground_routes
 from service.routes import queue as queue_routes
 from service.routes import run as run_routes
 from service.routes import storage as storage_routes
-from service.schema import openapi_components
 from service.settings import Settings
 from service.status import WorkerHandle
 from service.storage.base import ArtifactStore
+from service.submission import require_key
 from service.uploads import Uploads, UploadSigner
 from service.webhooks import WebhookSender
 
 logger = logging.getLogger(__name__)
+
+#: The routers every server has; the run and queue routes are made per endpoint.
+ROUTERS = (
+    files_routes.router,
+    health_routes.router,
+    metrics_routes.router,
+    playground_routes.router,
+    storage_routes.router,
+    openai_routes.router,
+)
 
 
 @dataclass
@@ -99,7 +112,7 @@ def create_app(
 
     app = FastAPI(
         title="flux2-edit",
-        summary="FLUX.2 [dev] image editing with fal's fal-ai/flux-2/flash/edit API",
+        summary="FLUX.2 [dev] image generation and editing with fal's fal-ai/flux-2 APIs",
         version="0.1.0",
         lifespan=lifespan,
     )
@@ -118,16 +131,16 @@ def create_app(
             secret.get_secret_value() if (secret := settings.storage.upload_secret) else None
         ),
     )
-    app.include_router(run_routes.router)
-    app.include_router(queue_routes.router)
-    app.include_router(files_routes.router)
-    app.include_router(health_routes.router)
-    app.include_router(metrics_routes.router)
-    app.include_router(playground_routes.router)
-    app.include_router(storage_routes.router)
-    app.include_router(openai_routes.router)
+    endpoints = settings.serving.enabled()
+    routers = (
+        run_routes.router_for(endpoints),
+        queue_routes.router_for(endpoints),
+        *ROUTERS,
+    )
+    for router in routers:
+        app.include_router(router)
     _add_error_handlers(app)
-    _add_input_schema(app)
+    _complete_openapi(app, routers, endpoints)
     app.add_middleware(UnexpectedErrorMiddleware)  # innermost: its 500 still gets CORS and ids
     app.add_middleware(
         CORSMiddleware,
@@ -143,17 +156,31 @@ def create_app(
     return app
 
 
-def _add_input_schema(app: FastAPI) -> None:
-    """Put the input model in /openapi.json (routes validate it by hand, after auth)."""
+def _complete_openapi(
+    app: FastAPI, routers: tuple[APIRouter, ...], endpoints: tuple[Endpoint, ...]
+) -> None:
+    """/openapi.json says everything each route answers (:mod:`service.openapi`): the inputs
+    and outputs of ``endpoints`` (routes validate inputs by hand, after the key), error bodies,
+    401 with keys, headers."""
     build = app.openapi
+    state: AppState = app.state.flux2
+    protected = (
+        {
+            route.operation_id
+            for router in routers
+            if any(depends.dependency is require_key for depends in router.dependencies)
+            for route in router.routes
+            if isinstance(route, APIRoute) and route.operation_id
+        }
+        | storage_routes.KEYED
+        | openai_routes.KEYED
+    )
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = build()
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                openapi_components()
+            app.openapi_schema = complete(
+                build(), protected=protected, api_keys=state.keys.enabled, endpoints=endpoints
             )
-            app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -182,6 +209,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         detail = exc.detail
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"Path {request.url.path} not found"
-        return JSONResponse(
-            status_code=exc.status_code, content={"detail": detail}, headers=exc.headers
-        )
+        content: dict[str, Any] = {"detail": detail}
+        if request.url.path.startswith("/v1/"):  # no route matched there: still OpenAI's shape
+            kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+            error = {"message": str(detail), "type": kind, "param": None, "code": None}
+            content = {"error": error}
+        return JSONResponse(status_code=exc.status_code, content=content, headers=exc.headers)

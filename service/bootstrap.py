@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.protocol import EditEngine
 from pipelines.safety import SafetyChecker, make_safety_checker
 from service.inputs import FetchPolicy
+from service.loras import LoraPolicy
 from service.metrics import Metrics
 from service.queue.base import JobQueue
 from service.settings import Settings
@@ -132,6 +133,7 @@ def worker_options(settings: Settings, role: Role) -> WorkerOptions:
         check_inputs=settings.safety.safety_check_inputs,
         allow_disable_safety=settings.safety.allow_disable_safety_checker,
         fetch_policy=FetchPolicy.from_settings(settings.fetch),
+        lora_policy=LoraPolicy.from_settings(settings),
     )
 
 

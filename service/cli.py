@@ -32,6 +32,8 @@ _SETTINGS_OPTIONS = {
     "schedule": "schedule",
     "reference_pixels": "reference_pixels",
     "cache_dir": "cache_dir",
+    "parallel": "parallel",
+    "gpus": "gpus",
     "host": "host",
     "port": "port",
     "ssl_certfile": "ssl_certfile",
@@ -51,6 +53,10 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--schedule", help="turbo, dev-28, dev-50 or sigmas (FLUX2_SCHEDULE)")
     group.add_argument("--reference-pixels", type=int, help="reference images resized to ~N pixels")
     group.add_argument("--cache-dir", help="where the tiny checkpoint is built (FLUX2_CACHE_DIR)")
+    group.add_argument(
+        "--parallel", help="one request over N GPUs: ulysses:N, tp:N or none (FLUX2_PARALLEL)"
+    )
+    group.add_argument("--gpus", help="the ranks' GPUs with --parallel, e.g. 0,1 (FLUX2_GPUS)")
 
 
 def _http_options(parser: argparse.ArgumentParser, *, redis_required: bool = False) -> None:

@@ -12,6 +12,7 @@ from service.settings import EngineSettings, Settings
 
 if TYPE_CHECKING:
     from pipelines.flux2 import Flux2EngineConfig
+    from pipelines.parallel import ParallelEngine
     from pipelines.protocol import EditEngine
 
 TINY = "tiny"
@@ -59,13 +60,23 @@ def engine_config(engine: EngineSettings, model_path: Path) -> Flux2EngineConfig
 
 
 def create_engine(settings: Settings, progress: Callable[[str], None] | None = None) -> EditEngine:
-    """A loaded FLUX.2 engine for ``settings`` (weights read from local disk only)."""
+    """A loaded FLUX.2 engine for ``settings`` (weights read from local disk only): one process,
+    or a group of rank processes with ``parallel`` set."""
     from pipelines.flux2 import Flux2Engine, quiet_libraries
+    from pipelines.layout import parse_gpus, parse_layout
 
     quiet_libraries()
     config = engine_config(settings.engine, resolve_model_path(settings, progress))
-    engine = Flux2Engine(config)
+    layout = parse_layout(settings.engine.parallel)
+    engine: Flux2Engine | ParallelEngine
+    if layout is None:
+        engine = Flux2Engine(config)
+    else:
+        from pipelines.parallel import ParallelEngine
+
+        engine = ParallelEngine(config, layout, gpus=parse_gpus(settings.engine.gpus))
     if progress is not None:
-        progress(f"loading FLUX.2 from {engine.config.model_path}")
+        where = f" on {layout.degree} ranks ({layout})" if layout is not None else ""
+        progress(f"loading FLUX.2 from {config.model_path}{where}")
     engine.load()
     return engine

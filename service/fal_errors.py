@@ -9,6 +9,7 @@ The HTTP error handlers use these bodies directly; finished jobs get them throug
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from core.errors import Flux2Error, InvalidRequest
@@ -24,13 +25,13 @@ def problem_json(
     input_: Any = None,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "loc": list(loc),
-        "msg": msg,
-        "type": type_,
-        "url": DOCS_URL.format(type=type_),
+        "loc": [_jsonable(part) for part in loc],
+        "msg": _utf8(msg),
+        "type": _utf8(type_),
+        "url": _utf8(DOCS_URL.format(type=type_)),
     }
     if ctx:
-        body["ctx"] = {k: _jsonable(v) for k, v in ctx.items()}
+        body["ctx"] = _jsonable(ctx)
     if input_ is not None:
         body["input"] = _jsonable(input_)
     return body
@@ -58,14 +59,43 @@ def error_body(exc: Flux2Error) -> dict[str, Any]:
         return {
             "detail": [problem_json(p.loc, p.msg, p.type, p.ctx, p.input) for p in exc.problems]
         }
-    return {"detail": exc.message, "error_type": exc.code}
+    return {"detail": _utf8(exc.message), "error_type": exc.code}
 
 
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, str | int | float | bool):
+#: Deeper values in an error's ``input`` or ``ctx`` are cut (bodies are at most 32 deep).
+MAX_RENDER_DEPTH = 64
+#: Integers longer than this are shown by their size: CPython will not print them (4300 digits).
+MAX_RENDER_INT_BITS = 10_000
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """``value`` as something strict JSON (and UTF-8) can always write: an error must never
+    fail to render (non-finite floats, lone surrogates, bytes, huge integers, deep nesting)."""
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        if value.bit_length() > MAX_RENDER_INT_BITS:
+            return f"<an integer of {value.bit_length()} bits>"
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, str):
+        return _utf8(value)
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if depth >= MAX_RENDER_DEPTH:
+        return "…"
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, depth + 1) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return str(value)
+        return {_utf8(str(k)): _jsonable(v, depth + 1) for k, v in value.items()}
+    return _utf8(str(value))
+
+
+def _utf8(text: str) -> str:
+    """``text``, with anything UTF-8 cannot encode (lone surrogates) written as ``\\udXXX``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text

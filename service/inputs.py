@@ -25,6 +25,7 @@ import base64
 import binascii
 import contextlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -244,6 +245,22 @@ def download(
     url: str, *, index: int = 0, policy: FetchPolicy | None = None, timeout: float | None = None
 ) -> bytes:
     """GET ``url`` (http or https) within ``policy``'s limits and address rules."""
+    chunks: list[bytes] = []
+    fetch_to(url, chunks.append, loc=_loc(index), policy=policy, timeout=timeout)
+    return b"".join(chunks)
+
+
+def fetch_to(
+    url: str,
+    write: Callable[[bytes], object],
+    *,
+    loc: tuple[str | int, ...],
+    policy: FetchPolicy | None = None,
+    timeout: float | None = None,
+) -> int:
+    """GET ``url`` through the SSRF guard, handing the body to ``write`` chunk by chunk; the
+    number of bytes. Every failure is a :class:`FileDownloadError` located at ``loc`` (a
+    reference image's, or a LoRA's path)."""
     policy = policy or FetchPolicy()
     timeouts = httpx2.Timeout(
         timeout if timeout is not None else policy.read_timeout,
@@ -258,35 +275,33 @@ def download(
         ):
             if response.status_code >= 400:
                 raise FileDownloadError(
-                    f"File download error: HTTP {response.status_code}", loc=_loc(index), input=url
+                    f"File download error: HTTP {response.status_code}", loc=loc, input=url
                 )
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > policy.max_bytes:
-                raise _too_big(url, index, policy)
-            chunks, size = [], 0
+                raise _too_big(url, loc, policy)
+            size = 0
             for chunk in response.iter_bytes():
                 size += len(chunk)
                 if size > policy.max_bytes:
-                    raise _too_big(url, index, policy)
-                chunks.append(chunk)
-            return b"".join(chunks)
+                    raise _too_big(url, loc, policy)
+                write(chunk)
+            return size
     except httpx2.TooManyRedirects as exc:
         raise FileDownloadError(
             f"File download error: more than {policy.max_redirects} redirects",
-            loc=_loc(index),
+            loc=loc,
             input=url,
         ) from exc
     except (httpx2.HTTPError, httpx2.InvalidURL, ValueError) as exc:  # ValueError: bad IDNA host
         reason = str(exc) or type(exc).__name__
-        raise FileDownloadError(
-            f"File download error: {reason}", loc=_loc(index), input=url
-        ) from exc
+        raise FileDownloadError(f"File download error: {reason}", loc=loc, input=url) from exc
 
 
-def _too_big(url: str, index: int, policy: FetchPolicy) -> FileDownloadError:
+def _too_big(url: str, loc: tuple[str | int, ...], policy: FetchPolicy) -> FileDownloadError:
     return FileDownloadError(
         f"File download error: larger than {policy.max_bytes} bytes",
-        loc=_loc(index),
+        loc=loc,
         ctx={"max_size": policy.max_bytes},
         input=url,
     )

@@ -95,8 +95,8 @@ class Metrics:
         )
         self.jobs = Counter(
             "flux2_jobs",
-            "Jobs completed by a worker, by outcome: ok, or the fal error type.",
-            ["outcome"],
+            "Jobs completed by a worker, by endpoint and outcome: ok, or the fal error type.",
+            ["endpoint", "outcome"],
             registry=r,
         )
         self.batch_size = Histogram(
@@ -152,7 +152,7 @@ class Metrics:
         """A worker completed ``job``: its outcome, queue wait and run time (wall clock)."""
         now = time.time() if now is None else now
         label = "ok" if outcome.ok else (outcome.error_type or "error")
-        self.jobs.labels(label).inc()
+        self.jobs.labels(job.endpoint, label).inc()
         if job.started_at is not None:
             self.queue_wait.observe(max(0.0, job.started_at - job.created_at))
             self.run_seconds.observe(max(0.0, now - job.started_at))
@@ -216,6 +216,7 @@ class _LiveCollector:
             state.add_metric([member.value], 1.0 if member is worker.state else 0.0)
         yield state
         yield from _prompt_cache(worker.prompt_cache_stats())
+        yield from _lora_caches(worker)
         yield from _gpu_memory()
 
     def _queue_depth(self) -> Iterable[Metric]:
@@ -263,6 +264,47 @@ def _prompt_cache(stats: CacheStats | None) -> Iterable[Metric]:
             "flux2_prompt_cache_bytes", "Bytes of cached tensors.", value=stats.bytes
         ),
     ]
+
+
+def _lora_caches(worker: WorkerProbe) -> Iterable[Metric]:
+    """The downloaded-LoRA file cache (the worker's) and the loaded-adapter cache (the
+    engine's), for workers that have them."""
+    metrics: list[Metric] = []
+    files = getattr(worker, "lora_file_stats", None)
+    stats = files() if callable(files) else None
+    if stats is not None:
+        metrics += [
+            CounterMetricFamily(
+                "flux2_lora_file_cache_hits", "LoRA URLs found in the file cache.", value=stats.hits
+            ),
+            CounterMetricFamily(
+                "flux2_lora_file_cache_misses", "LoRA URLs downloaded.", value=stats.misses
+            ),
+            GaugeMetricFamily(
+                "flux2_lora_file_cache_bytes", "Bytes of cached LoRA files.", value=stats.bytes
+            ),
+            GaugeMetricFamily(
+                "flux2_lora_file_cache_entries", "Cached LoRA files.", value=stats.entries
+            ),
+        ]
+    adapters = getattr(worker, "adapter_cache_stats", None)
+    loaded = adapters() if callable(adapters) else None
+    if loaded is not None:
+        metrics += [
+            CounterMetricFamily(
+                "flux2_lora_adapter_cache_hits", "LoRA adapters reused.", value=loaded.hits
+            ),
+            CounterMetricFamily(
+                "flux2_lora_adapter_cache_misses", "LoRA adapters loaded.", value=loaded.misses
+            ),
+            GaugeMetricFamily(
+                "flux2_lora_adapter_cache_bytes", "Bytes of loaded adapters.", value=loaded.bytes
+            ),
+            GaugeMetricFamily(
+                "flux2_lora_adapter_cache_entries", "Loaded adapters.", value=loaded.entries
+            ),
+        ]
+    return metrics
 
 
 def _gpu_memory() -> Iterable[Metric]:

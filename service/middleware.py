@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from typing import Any
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,10 +53,14 @@ class UnexpectedErrorMiddleware:
             logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if started:
                 raise
+            message = "Internal Server Error"
+            content: dict[str, Any] = {"detail": message, "error_type": "internal_error"}
+            if str(scope.get("path", "")).startswith("/v1/"):  # the OpenAI routes: OpenAI's shape
+                error = {"message": message, "type": "server_error", "param": None,
+                         "code": "internal_error"}  # fmt: skip
+                content = {"error": error}
             response = JSONResponse(
-                status_code=500,
-                content={"detail": "Internal Server Error", "error_type": "internal_error"},
-                headers={"X-Fal-Error-Type": "internal_error"},
+                status_code=500, content=content, headers={"X-Fal-Error-Type": "internal_error"}
             )
             await response(scope, receive, send)
 

@@ -6,12 +6,16 @@ endpoint's fal input (:func:`fal_body`), which :func:`service.submission.new_job
 into the endpoint's input model, so the queue, batching, safety checker and limits are the fal
 routes' own. The routes are :mod:`service.routes.openai`.
 
-**Models** come from the endpoint table (:data:`service.endpoints.ENDPOINTS`): one per endpoint,
-named by its fal id or a short alias (``fal-ai/flux-2/flash/edit`` → ``flux-2-flash-edit``).
-An endpoint whose input has ``image_urls`` serves ``/v1/images/edits``; one without serves
-``/v1/images/generations``. A field an endpoint's input lacks (``num_inference_steps`` and
-``loras`` on flash/edit) is refused with a 400 naming it, never dropped silently. So new
-endpoints need no code here: an entry in the table is enough.
+**Models** come from the endpoint registry (:data:`service.endpoints.ENDPOINTS`, as far as
+``FLUX2_ENDPOINTS`` enables them): one per endpoint, named by its fal id or a short alias
+(``fal-ai/flux-2/flash/edit`` → ``flux-2-flash-edit``, ``fal-ai/flux-2`` → ``flux-2``). An edit
+endpoint serves ``/v1/images/edits``; a text-to-image one ``/v1/images/generations``. Without a
+``model`` a request goes to the first enabled endpoint of its kind in the registry's order
+(``fal-ai/flux-2/flash/edit`` for edits, ``fal-ai/flux-2/flash`` for generations); OpenAI's own
+model names (``gpt-image-1``, ``dall-e-3``) are not aliases: they get 404 ``model_not_found``,
+so nobody mistakes one model for another. A field an endpoint's input lacks
+(``num_inference_steps`` and ``loras`` on flash/edit) is refused with a 400 naming it, never
+dropped silently. So new endpoints need no code here: an entry in the registry is enough.
 
 **Usage** counts what the transformer reads and writes, in its own tokens: every prompt is 512
 text tokens (the text encoder pads or cuts it to 512), each reference one image token per 16×16
@@ -25,6 +29,7 @@ import io
 import json
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,7 +37,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from core.errors import Flux2Error, InvalidRequest
+from core.errors import Flux2Error, InvalidRequest, QueueFull, QueueUnavailable
 from pipelines.sizes import GRID, MAX_SIDE, MIN_SIDE, reference_size
 from pipelines.types import MAX_PREVIEWS, MAX_REFERENCES
 from service.endpoints import ENDPOINTS, Endpoint
@@ -47,6 +52,8 @@ Operation = Literal["edit", "generate"]
 TEXT_TOKENS = 512
 #: Fields beyond OpenAI's that map onto the fal input of the same name, where the endpoint has it.
 EXTRA_FIELDS = ("seed", "guidance_scale", "num_inference_steps", "enable_prompt_expansion", "loras")
+#: ``Retry-After`` of a full or unreachable queue, as the fal routes send it.
+RETRY_AFTER_SECONDS = 5
 #: fal input fields by the OpenAI parameter they come from, for error locations.
 PARAMS = {"image_urls": "image", "num_images": "n", "image_size": "size", "sync_mode": "stream"}
 
@@ -62,6 +69,7 @@ class OpenAIError(Exception):
         param: str | None = None,
         code: str | None = None,
         kind: str = "invalid_request_error",
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -69,6 +77,7 @@ class OpenAIError(Exception):
         self.param = param
         self.code = code
         self.kind = kind
+        self.retry_after = retry_after
 
     def body(self) -> dict[str, Any]:
         return {
@@ -82,6 +91,8 @@ class OpenAIError(Exception):
 
     def response(self) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
         return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
     @classmethod
@@ -93,7 +104,14 @@ class OpenAIError(Exception):
         kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
         default = "server_error" if exc.http_status >= 500 else "invalid_request_error"
         code = "invalid_api_key" if exc.http_status == 401 else exc.code
-        return cls(exc.http_status, exc.message, code=code, kind=kind.get(exc.http_status, default))
+        retry = RETRY_AFTER_SECONDS if isinstance(exc, QueueFull | QueueUnavailable) else None
+        return cls(
+            exc.http_status,
+            exc.message,
+            code=code,
+            kind=kind.get(exc.http_status, default),
+            retry_after=retry,
+        )
 
 
 def _param(loc: Any) -> str | None:
@@ -121,37 +139,42 @@ class Model:
 
     @property
     def aliases(self) -> tuple[str, ...]:
-        return (self.endpoint.id.removeprefix("fal-ai/").replace("/", "-"),)
+        return (self.endpoint.slug,)
 
     def takes(self, field: str) -> bool:
         return field in self.endpoint.input_model.model_fields
 
 
-def models() -> list[Model]:
-    """Every endpoint this server answers, as a model, in the table's order."""
+def models(endpoints: Iterable[Endpoint] | None = None) -> list[Model]:
+    """Every endpoint this server answers (``endpoints``; None: the whole registry), as a model,
+    in the registry's order."""
+    served = ENDPOINTS.values() if endpoints is None else endpoints
     return [
-        Model(endpoint, "edit" if "image_urls" in endpoint.input_model.model_fields else "generate")
-        for endpoint in ENDPOINTS.values()
+        Model(endpoint, "edit" if endpoint.mode == "edit" else "generate") for endpoint in served
     ]
 
 
-def find_model(name: str | None, operation: Operation) -> Model:
-    """The model ``name`` (an id or alias; None: the first model for ``operation``).
+def find_model(
+    name: str | None, operation: Operation, endpoints: Iterable[Endpoint] | None = None
+) -> Model:
+    """The model ``name`` (an id or alias; None: the first model for ``operation``) among
+    ``endpoints`` (None: the whole registry).
 
     Raises:
-        OpenAIError: 404 ``model_not_found`` for an unknown model, or when no model serves
-            ``operation`` (text-to-image, until the FLUX.2 family's endpoints are added);
-            400 for a model of the other operation.
+        OpenAIError: 404 ``model_not_found`` for an unknown model, or when no enabled endpoint
+            serves ``operation``; 400 for a model of the other operation.
     """
-    served = models()
+    served = models(endpoints)
     if not name:
         for model in served:
             if model.operation == operation:
                 return model
+        what = "text-to-image" if operation == "generate" else "image editing"
+        route = "/v1/images/edits" if operation == "generate" else "/v1/images/generations"
         raise OpenAIError(
             404,
-            "text-to-image is not served by this server yet (no FLUX.2 text-to-image endpoint "
-            "is enabled); edit images with POST /v1/images/edits",
+            f"{what} is not served by this server (no such FLUX.2 endpoint is enabled in "
+            f"FLUX2_ENDPOINTS); use POST {route}",
             param="model",
             code="model_not_found",
         )

@@ -13,12 +13,13 @@ arguments may name a group (``Settings(engine=EngineSettings(...))``) or a field
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.errors import ConfigError
+from pipelines.layout import check_group, parse_gpus, parse_layout
 from pipelines.options import (
     DEVICE_PATTERN,
     AttentionBackend,
@@ -29,6 +30,9 @@ from pipelines.options import (
 )
 from pipelines.schedules import DEFAULT_SCHEDULE, parse_schedule
 from pipelines.sizes import REFERENCE_PIXELS
+
+if TYPE_CHECKING:
+    from service.endpoints import Endpoint
 
 
 def _default_cache_dir() -> Path:
@@ -132,6 +136,18 @@ class EngineSettings(_Group):
         "starts faster (development, tests).",
     )
 
+    parallel: str | None = Field(
+        default=None,
+        description="Split each request over several GPUs (one process per rank): ulysses:N "
+        "(sequence parallel, every GPU holds the transformer) or tp:N (tensor parallel, each "
+        "GPU holds ~1/N of it); none or unset = one process. On the CPU the ranks use gloo.",
+    )
+    gpus: str | None = Field(
+        default=None,
+        description="With parallel: the GPUs of the ranks, e.g. 0,1,2,3 (one per rank; "
+        "default the first N).",
+    )
+
     @field_validator("schedule")
     @classmethod
     def _known_schedule(cls, value: str) -> str:
@@ -140,6 +156,17 @@ class EngineSettings(_Group):
         except ConfigError as exc:
             raise ValueError(exc.message) from exc
         return value
+
+    @model_validator(mode="after")
+    def _known_group(self) -> EngineSettings:
+        try:
+            layout = parse_layout(self.parallel)
+            check_group(layout, parse_gpus(self.gpus))
+        except ConfigError as exc:
+            raise ValueError(exc.message) from exc
+        if layout is not None and self.device.startswith("cuda:"):
+            raise ValueError(f"device={self.device} with parallel: name the GPUs with gpus")
+        return self
 
 
 class SafetySettings(_Group):
@@ -296,6 +323,66 @@ class FetchSettings(_Group):
     )
 
 
+class EndpointSettings(_Group):
+    """Which of the FLUX.2 family's endpoints this server answers (service/endpoints.py)."""
+
+    endpoints: str = Field(
+        default="",
+        description="Comma-separated endpoint ids to serve, e.g. 'fal-ai/flux-2/flash/edit,"
+        "fal-ai/flux-2/flash'; empty or 'all' = every endpoint. Disabled endpoints answer 404; "
+        "serving only flash/turbo endpoints lets the engine fuse the Turbo LoRA.",
+    )
+
+    @field_validator("endpoints")
+    @classmethod
+    def _known_endpoints(cls, value: str) -> str:
+        from service.endpoints import enabled_endpoints
+
+        try:
+            enabled_endpoints(value)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from exc
+        return value
+
+    def enabled(self) -> tuple[Endpoint, ...]:
+        """The endpoints served, in the table's order."""
+        from service.endpoints import enabled_endpoints
+
+        return enabled_endpoints(self.endpoints)
+
+
+class LoraSettings(_Group):
+    """Per-request LoRAs (``loras`` on the lora endpoints): where names resolve, the download
+    cache and its limits."""
+
+    lora_dir: Path | None = Field(
+        default=None,
+        description="Directory of operator-provided LoRA files: a request's loras[].path may "
+        "name one (e.g. 'my-style' or 'my-style.safetensors'); unset = names are refused.",
+    )
+    lora_cache_dir: Path | None = Field(
+        default=None,
+        description="Where downloaded LoRA files are kept by content hash "
+        "(default: cache_dir/loras).",
+    )
+    lora_cache_mb: int = Field(
+        default=4096,
+        ge=1,
+        description="Disk space for downloaded LoRA files; the least recently used go first.",
+    )
+    lora_max_mb: int = Field(
+        default=1024, ge=1, description="Largest LoRA file a request may download or name."
+    )
+    lora_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="Read timeout of one LoRA download."
+    )
+    lora_hf_cache: Path | None = Field(
+        default=None,
+        description="Hugging Face cache where 'owner/repo' LoRA paths are looked up (never "
+        "downloaded); default: huggingface_hub's (HF_HUB_CACHE / HF_HOME).",
+    )
+
+
 class WebhookSettings(_Group):
     """Delivery of ``fal_webhook`` callbacks."""
 
@@ -345,6 +432,8 @@ class Settings(BaseModel):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
+    serving: EndpointSettings = Field(default_factory=EndpointSettings)
+    loras: LoraSettings = Field(default_factory=LoraSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import math
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pydantic import ValidationError
 
 from core.errors import InvalidRequest
 from pipelines.types import MAX_PREVIEWS
+from service import strict_json
 from service.auth import ApiKeys
 from service.endpoints import DEFAULT_ENDPOINT, Endpoint, EndpointInput
 from service.guard import check_webhook_url
@@ -22,6 +24,8 @@ from service.jobs import Job, JobStatus, JobView, Outcome, Priority
 from service.previews import PREVIEWS_HEADER
 from service.schema import APP_ID
 from service.settings import Settings
+
+HEADER_SAFE_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 @dataclass(frozen=True)
@@ -46,22 +50,46 @@ def base_url(request: Request, settings: Settings) -> str:
 
 
 async def read_json_body(request: Request) -> Any:
-    """The request body as JSON; malformed JSON is fal's 422 ``json_invalid``."""
+    """The request body as strict JSON (:mod:`service.strict_json`); anything else is fal's 422.
+
+    The body is read as JSON whatever its Content-Type says: the official clients send
+    ``application/json``, and ``curl -d '{...}'`` (``application/x-www-form-urlencoded``)
+    works too. A body that is not JSON is fal's 422 ``json_invalid``, whose message names a
+    Content-Type that is not JSON's.
+    """
     raw = await request.body()
-    try:
-        return json.loads(raw or b"null")
-    except ValueError as exc:
+    if not raw.strip():
         raise RequestValidationError(
-            [
-                {
-                    "type": "json_invalid",
-                    "loc": ("body", 0),
-                    "msg": f"JSON decode error: {exc}",
-                    "input": {},
-                    "ctx": {"error": str(exc)},
-                }
-            ]
-        ) from exc
+            [{"type": "missing", "loc": ("body",), "msg": "Field required"}]
+        )
+    try:
+        return strict_json.loads(raw)
+    except strict_json.InvalidJson as exc:
+        reason = exc.reason
+        content_type = request.headers.get("content-type", "")
+        if content_type and not _is_json_media_type(content_type):
+            reason += f" (the body must be JSON, not {content_type[:100]!r})"
+        raise _json_invalid(f"JSON decode error: {reason}", reason, exc.position) from None
+
+
+def _is_json_media_type(content_type: str) -> bool:
+    kind, _, subtype = content_type.partition(";")[0].strip().lower().partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def _json_invalid(msg: str, reason: str, position: int | None = None) -> RequestValidationError:
+    """FastAPI's 422 for a body that is not JSON; ``loc`` is ``["body", <character offset>]``."""
+    return RequestValidationError(
+        [
+            {
+                "type": "json_invalid",
+                "loc": ("body", position or 0),
+                "msg": msg,
+                "input": {},
+                "ctx": {"error": reason},
+            }
+        ]
+    )
 
 
 def body_errors(errors: Any) -> RequestValidationError:
@@ -107,13 +135,16 @@ def new_job(
     timeout_header = request.headers.get("x-fal-request-timeout")
     if timeout_header:
         try:
-            deadline = time.time() + float(timeout_header)
+            seconds = float(timeout_header)
+            if not math.isfinite(seconds):
+                raise ValueError(timeout_header)
         except ValueError:
             raise InvalidRequest(
-                "X-Fal-Request-Timeout must be a number of seconds",
+                "X-Fal-Request-Timeout must be a finite number of seconds",
                 loc=("header", "x-fal-request-timeout"),
                 input=timeout_header,
             ) from None
+        deadline = time.time() + seconds
     previews = _previews_wanted(request.headers.get(PREVIEWS_HEADER))
     errors = None
     parsed: EndpointInput | None = None
@@ -176,6 +207,15 @@ def outcome_response(outcome: Outcome, request_id: str) -> JSONResponse:
     if outcome.error_type:
         headers["X-Fal-Error-Type"] = outcome.error_type
     return JSONResponse(outcome.body, status_code=outcome.status_code, headers=headers)
+
+
+def request_id_header(request_id: str) -> dict[str, str]:
+    """``x-fal-request-id`` for an id taken from the URL, when it can be a header value as it
+    is (up to 128 visible ASCII characters: a job's ids are UUIDs); ``{}`` otherwise, and the
+    request id middleware gives the response one of its own."""
+    if HEADER_SAFE_ID.fullmatch(request_id):
+        return {"x-fal-request-id": request_id}
+    return {}
 
 
 def logs_wanted(value: str | None) -> bool:

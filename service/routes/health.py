@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from core.errors import QueueUnavailable
 from service.jobs import WorkerInfo
+from service.openapi import READY_RESPONSES
 from service.status import WorkerState
 
 router = APIRouter(tags=["health"])
@@ -26,7 +27,12 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", operation_id="ready", summary="Readiness, with the workers' state")
+@router.get(
+    "/ready",
+    operation_id="ready",
+    summary="Readiness, with the workers' state",
+    responses=READY_RESPONSES,
+)
 async def ready(request: Request) -> JSONResponse:
     state = request.app.state.flux2
     try:

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from service.metrics import CONTENT_TYPE_LATEST, Metrics
+from service.openapi import METRICS_RESPONSES
 
 router = APIRouter(tags=["metrics"])
 
@@ -20,7 +21,7 @@ router = APIRouter(tags=["metrics"])
     operation_id="metrics",
     summary="Prometheus metrics (text format)",
     response_class=Response,
-    responses={200: {"content": {"text/plain": {}}}},
+    responses=METRICS_RESPONSES,
 )
 async def metrics(request: Request) -> Response:
     registry: Metrics = request.app.state.flux2.metrics

@@ -1,5 +1,6 @@
 """The OpenAI Images API: ``POST /v1/images/edits`` (multipart), ``POST /v1/images/generations``
-(JSON), ``GET /v1/models``. The mapping onto the engine is :mod:`service.openai_images`.
+(JSON, text-to-image through the registry's text-to-image endpoints), ``GET /v1/models``. The
+mapping onto the engine is :mod:`service.openai_images`.
 
 Keys are the fal routes' (``Authorization: Bearer <key>`` or ``Key <key>``), with the same
 per-key isolation; every error is OpenAI's ``{"error": {...}}``. A request runs as the same job
@@ -27,6 +28,9 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
 from core.errors import Flux2Error
+from service import openapi_openai as spec
+from service import strict_json
+from service.endpoints import Endpoint
 from service.job_access import AsyncJobs
 from service.jobs import Job, JobStatus, JobView, Outcome
 from service.openai_images import (
@@ -60,6 +64,10 @@ router = APIRouter(prefix="/v1", tags=["openai"])
 DISCONNECT_CHECK_SECONDS = 0.5
 #: A stream with no news sends a comment line this often.
 STREAM_PING_SECONDS = 15.0
+#: The operations that check the API key: all of them.
+KEYED = frozenset(
+    {"openai_models", "openai_model", "openai_images_edits", "openai_images_generations"}
+)
 #: Form limits: image parts (and a mask, to refuse it by name), text fields, and their size.
 MAX_FORM_FIELDS = 64
 MAX_FIELD_BYTES = 256 * 1024
@@ -70,22 +78,43 @@ def _state(request: Request) -> Any:
     return request.app.state.flux2
 
 
-@router.get("/models", operation_id="openai_models", summary="OpenAI: the models served here")
+def _endpoints(request: Request) -> tuple[Endpoint, ...]:
+    """The endpoints this server answers (``FLUX2_ENDPOINTS``)."""
+    endpoints: tuple[Endpoint, ...] = _state(request).settings.serving.enabled()
+    return endpoints
+
+
+@router.get(
+    "/models",
+    operation_id="openai_models",
+    summary="OpenAI: the models served here",
+    response_class=Response,
+    responses=spec.MODELS_RESPONSES,
+)
 async def list_models(request: Request) -> Response:
     try:
         caller(request)
     except Flux2Error as exc:
         return OpenAIError.of(exc).response()
     return JSONResponse(
-        {"object": "list", "data": [model_json(model, STARTED) for model in models()]}
+        {
+            "object": "list",
+            "data": [model_json(model, STARTED) for model in models(_endpoints(request))],
+        }
     )
 
 
-@router.get("/models/{name:path}", operation_id="openai_model", summary="OpenAI: one model")
+@router.get(
+    "/models/{name:path}",
+    operation_id="openai_model",
+    summary="OpenAI: one model",
+    response_class=Response,
+    responses=spec.MODEL_RESPONSES,
+)
 async def get_model(request: Request, name: str) -> Response:
     try:
         caller(request)
-        for model in models():
+        for model in models(_endpoints(request)):
             if name == model.id or name in model.aliases:
                 return JSONResponse(model_json(model, STARTED))
         raise OpenAIError(
@@ -101,6 +130,9 @@ async def get_model(request: Request, name: str) -> Response:
     "/images/edits",
     operation_id="openai_images_edits",
     summary="OpenAI: edit images (multipart: image or image[], prompt, …)",
+    response_class=Response,
+    openapi_extra=spec.EDITS_BODY,
+    responses=spec.IMAGES_RESPONSES,
 )
 async def edits(request: Request) -> Response:
     form: FormData | None = None
@@ -151,15 +183,20 @@ async def edits(request: Request) -> Response:
 @router.post(
     "/images/generations",
     operation_id="openai_images_generations",
-    summary="OpenAI: make images from text (needs a text-to-image endpoint)",
+    summary="OpenAI: make images from text (a FLUX.2 text-to-image endpoint)",
+    response_class=Response,
+    openapi_extra=spec.GENERATIONS_BODY,
+    responses=spec.IMAGES_RESPONSES,
 )
 async def generations(request: Request) -> Response:
     try:
         caller(request)
-        try:
-            fields = json.loads(await request.body() or b"null")
-        except ValueError as exc:
-            raise OpenAIError(400, f"the body is not JSON: {exc}", code="invalid_json") from None
+        try:  # strict: NaN, duplicate keys, deep nesting, bad UTF-8 are refused here
+            fields = strict_json.loads(await request.body() or b"null")
+        except strict_json.InvalidJson as exc:
+            raise OpenAIError(
+                400, f"the body is not JSON: {exc.reason}", code="invalid_json"
+            ) from None
         if not isinstance(fields, dict):
             raise OpenAIError(400, "the body must be a JSON object", code="invalid_json")
         return await _run(request, ImageRequest.parse(fields), "generate", [])
@@ -183,7 +220,7 @@ async def _run(
 ) -> Response:
     """Submit the job for ``parsed`` and answer with its outcome (or stream it)."""
     state = _state(request)
-    model = find_model(parsed.model, operation)
+    model = find_model(parsed.model, operation, _endpoints(request))
     size = parse_size(parsed.size)
     if size is None and references:
         size = auto_size(references[0].width, references[0].height)
@@ -209,7 +246,7 @@ async def _run(
         )
     outcome = await _wait(request, job)
     if outcome is None:
-        return JSONResponse({"detail": "Client disconnected"}, status_code=499)
+        return OpenAIError(499, "Client disconnected", code="client_cancelled").response()
     if not outcome.ok:
         raise outcome_error(outcome)
     return JSONResponse(images_response(parsed, outcome, int(job.created_at), tokens))

@@ -2,24 +2,35 @@
 
 See docs/reference/fal-protocol.md §3-5.
 
-Submit uses the full endpoint id; status, result and cancel are served both under the app-only
-form ``/queue/fal-ai/flux-2/requests/{id}…`` and the sub-path form
-``/queue/fal-ai/flux-2/flash/edit/requests/{id}…``.
+Submit uses the full endpoint id (one route per enabled endpoint of :mod:`service.endpoints`);
+status, result and cancel are served both under the app-only form
+``/queue/fal-ai/flux-2/requests/{id}…`` and the sub-path form of every enabled endpoint
+(``/queue/fal-ai/flux-2/flash/edit/requests/{id}…``). Requests are found by id whatever the form.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 
-from service.endpoints import DEFAULT_ENDPOINT
+from service.endpoints import Endpoint
 from service.jobs import CancelOutcome, JobStatus, JobView
+from service.openapi import (
+    CANCEL_RESPONSES,
+    STATUS_RESPONSES,
+    STATUS_STREAM_RESPONSES,
+    SUBMIT_RESPONSES,
+    result_responses,
+    submit_extra,
+)
 from service.outcomes import invalid_input
-from service.schema import INPUT_BODY_SCHEMA
+from service.routes.run import operation_id
+from service.schema import Flux2Output
 from service.submission import (
     JobUrls,
     base_url,
@@ -27,12 +38,11 @@ from service.submission import (
     new_job,
     outcome_response,
     read_json_body,
+    request_id_header,
     require_key,
     status_body,
     visible_view,
 )
-
-router = APIRouter(prefix="/queue", tags=["queue"], dependencies=[Depends(require_key)])
 
 #: A status stream with no news sends a comment line this often (keeps proxies from closing it).
 STREAM_PING_SECONDS = 15.0
@@ -42,15 +52,16 @@ def _state(request: Request) -> Any:
     return request.app.state.flux2
 
 
-@router.post(
-    f"/{DEFAULT_ENDPOINT.id}",
-    openapi_extra=INPUT_BODY_SCHEMA,
-    operation_id="submit",
-    summary="Submit an edit to the queue",
-)
-async def submit(request: Request) -> JSONResponse:
+def _submitter(endpoint: Endpoint) -> Callable[[Request], Awaitable[JSONResponse]]:
+    async def submit(request: Request) -> JSONResponse:
+        return await submit_endpoint(request, endpoint)
+
+    return submit
+
+
+async def submit_endpoint(request: Request, endpoint: Endpoint) -> JSONResponse:
     state = _state(request)
-    job, errors = new_job(request, state.settings, await read_json_body(request))
+    job, errors = new_job(request, state.settings, await read_json_body(request), endpoint)
     if errors:
         outcome = invalid_input(errors)
         await state.jobs.finish_now(job, outcome)
@@ -76,7 +87,7 @@ def _not_found(request_id: str) -> JSONResponse:
     return JSONResponse(
         {"status": "NOT_FOUND", "detail": f"Request {request_id} not found"},
         status_code=404,
-        headers={"x-fal-request-id": request_id, "x-fal-billable-units": "0"},
+        headers={**request_id_header(request_id), "x-fal-billable-units": "0"},
     )
 
 
@@ -162,34 +173,70 @@ async def _status_events(request: Request, first: JobView, with_logs: bool) -> A
             view = changed
 
 
-for _prefix, _suffix in ((DEFAULT_ENDPOINT.app_id, ""), (DEFAULT_ENDPOINT.id, "_subpath")):
-    _base = f"/{_prefix}/requests/{{request_id}}"
+def router_for(endpoints: Iterable[Endpoint]) -> APIRouter:
+    """The queue routes of ``endpoints``: submit for each, and the request routes under the app
+    id and under each endpoint id (the sub-path form)."""
+    endpoints = tuple(endpoints)
+    router = APIRouter(prefix="/queue", tags=["queue"], dependencies=[Depends(require_key)])
+    for endpoint in endpoints:
+        router.add_api_route(
+            f"/{endpoint.id}",
+            _submitter(endpoint),
+            methods=["POST"],
+            openapi_extra=submit_extra(endpoint),
+            operation_id=operation_id("submit", endpoint),
+            responses=SUBMIT_RESPONSES,
+            summary=f"Submit to the queue: {endpoint.summary}",
+        )
+    # The app-id form answers for every endpoint (their outputs share one shape); each
+    # endpoint's sub-path form declares its own output.
+    forms: dict[str, tuple[str, type[BaseModel]]] = {}
+    for endpoint in endpoints:
+        forms.setdefault(endpoint.app_id, ("", Flux2Output))
+    for endpoint in endpoints:
+        if endpoint.id not in forms:
+            name = operation_id("subpath", endpoint)
+            forms[endpoint.id] = (f"_{name}", endpoint.output_model)
+    for prefix, (suffix, output) in forms.items():
+        _add_request_routes(router, prefix, suffix, output)
+    return router
+
+
+def _add_request_routes(
+    router: APIRouter, prefix: str, suffix: str, output: type[BaseModel]
+) -> None:
+    base = f"/{prefix}/requests/{{request_id}}"
     router.add_api_route(
-        f"{_base}/status",
+        f"{base}/status",
         status,
         methods=["GET"],
-        operation_id=f"status{_suffix}",
+        operation_id=f"status{suffix}",
         summary="Queue status (202 while queued or running, 200 once completed)",
+        responses=STATUS_RESPONSES,
     )
     router.add_api_route(
-        f"{_base}/status/stream",
+        f"{base}/status/stream",
         status_stream,
         methods=["GET"],
-        operation_id=f"status_stream{_suffix}",
+        operation_id=f"status_stream{suffix}",
         summary="Queue status as server-sent events; closes after COMPLETED",
+        response_class=StreamingResponse,
+        responses=STATUS_STREAM_RESPONSES,
     )
     router.add_api_route(
-        _base,
+        base,
         result,
         methods=["GET"],
-        operation_id=f"result{_suffix}",
+        operation_id=f"result{suffix}",
         summary="Queue result: the model's output, or its error",
-        responses={200: {"model": DEFAULT_ENDPOINT.output_model}},
+        responses=result_responses(output),
     )
     router.add_api_route(
-        f"{_base}/cancel",
+        f"{base}/cancel",
         cancel,
         methods=["PUT"],
-        operation_id=f"cancel{_suffix}",
+        operation_id=f"cancel{suffix}",
         summary="Cancel a request",
+        status_code=202,
+        responses=CANCEL_RESPONSES,
     )

@@ -25,6 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from core.errors import NotFound, Unauthorized
+from service import openapi_storage as spec
+from service.openapi_errors import json_body, model_schema
 from service.submission import base_url, body_errors, caller, read_json_body
 from service.uploads import (
     Kind,
@@ -60,6 +62,14 @@ class CompleteBody(BaseModel):
     parts: list[Part] = Field(max_length=10_000)
 
 
+INITIATE_BODY = json_body(
+    model_schema(InitiateBody), "What the file is (informative only).", required=False
+)
+COMPLETE_BODY = json_body(model_schema(CompleteBody), "The parts, by number and ETag.")
+#: The operations that check the API key (the others check a signed URL or an upload token).
+KEYED = frozenset({"upload_initiate", "upload_initiate_multipart", "upload_token", "upload"})
+
+
 def _uploads(request: Request) -> Uploads:
     uploads: Uploads = request.app.state.flux2.uploads
     return uploads
@@ -89,8 +99,10 @@ async def _body(request: Request, limit: int) -> bytes:
 
 
 async def _parsed(request: Request, model: type[BaseModel]) -> Any:
+    """The body as ``model``; no body at all is ``{}``."""
     try:
-        return model.model_validate(await read_json_body(request) or {})
+        raw = await request.body()
+        return model.model_validate(await read_json_body(request) if raw.strip() else {})
     except ValidationError as exc:
         raise body_errors(exc.errors(include_url=False)) from None
 
@@ -130,6 +142,8 @@ async def _initiate(request: Request, *, multipart: bool) -> JSONResponse:
     "/storage/upload/initiate",
     operation_id="upload_initiate",
     summary="Start an upload: a signed URL to PUT the bytes to, and the file's URL",
+    openapi_extra=INITIATE_BODY,
+    responses=spec.INITIATE_RESPONSES,
 )
 async def initiate(request: Request) -> JSONResponse:
     return await _initiate(request, multipart=False)
@@ -139,6 +153,8 @@ async def initiate(request: Request) -> JSONResponse:
     "/storage/upload/initiate-multipart",
     operation_id="upload_initiate_multipart",
     summary="Start a multipart upload (parts are PUT to <upload_url>/<n>)",
+    openapi_extra=INITIATE_BODY,
+    responses=spec.INITIATE_MULTIPART_RESPONSES,
 )
 async def initiate_multipart(request: Request) -> JSONResponse:
     return await _initiate(request, multipart=True)
@@ -154,6 +170,8 @@ def _granted(request: Request, upload_id: str) -> str | None:
     "/storage/upload/{upload_id}/complete",
     operation_id="upload_complete",
     summary="Finish a multipart upload (signed URL)",
+    openapi_extra={**COMPLETE_BODY, "security": spec.SIGNED},
+    responses=spec.SIGNED_COMPLETE_RESPONSES,
 )
 async def complete_signed(request: Request, upload_id: str) -> JSONResponse:
     owner = _granted(request, upload_id)
@@ -168,6 +186,8 @@ async def complete_signed(request: Request, upload_id: str) -> JSONResponse:
     "/storage/upload/{upload_id}",
     operation_id="upload_put",
     summary="The bytes of an upload (signed URL, no API key)",
+    openapi_extra={**spec.BYTES_BODY, "security": spec.SIGNED},
+    responses=spec.SIGNED_PUT_RESPONSES,
 )
 async def put_signed(request: Request, upload_id: str) -> JSONResponse:
     owner = _granted(request, upload_id)
@@ -182,6 +202,8 @@ async def put_signed(request: Request, upload_id: str) -> JSONResponse:
     "/storage/upload/{upload_id}/{part}",
     operation_id="upload_put_part",
     summary="One part of a multipart upload (signed URL)",
+    openapi_extra={**spec.BYTES_BODY, "security": spec.SIGNED},
+    responses=spec.SIGNED_PART_RESPONSES,
 )
 async def put_signed_part(request: Request, upload_id: str, part: int) -> JSONResponse:
     owner = _granted(request, upload_id)
@@ -198,6 +220,7 @@ async def put_signed_part(request: Request, upload_id: str, part: int) -> JSONRe
     "/storage/auth/token",
     operation_id="upload_token",
     summary="A token for POST /files/upload (fal_client.upload_file and upload_image)",
+    responses=spec.TOKEN_RESPONSES,
 )
 async def token(request: Request) -> JSONResponse:
     owner = caller(request)
@@ -216,6 +239,8 @@ async def token(request: Request) -> JSONResponse:
     "/files/upload",
     operation_id="files_upload",
     summary="Upload a file in one request (Authorization: Bearer <upload token>)",
+    openapi_extra={**spec.BYTES_BODY, "security": spec.TOKEN},
+    responses=spec.FILES_UPLOAD_RESPONSES,
 )
 async def files_upload(request: Request) -> JSONResponse:
     owner = _bearer(request)
@@ -231,6 +256,8 @@ async def files_upload(request: Request) -> JSONResponse:
     "/files/upload/multipart",
     operation_id="files_upload_multipart",
     summary="Start a multipart upload (Authorization: Bearer <upload token>)",
+    openapi_extra={"security": spec.TOKEN},
+    responses=spec.FILES_MULTIPART_RESPONSES,
 )
 async def files_upload_multipart(request: Request) -> JSONResponse:
     owner = _bearer(request)
@@ -250,6 +277,8 @@ def _same_upload(upload_id: str, multipart_id: str) -> None:
     "/uploads/{upload_id}/multipart/{multipart_id}/complete",
     operation_id="files_upload_complete",
     summary="Finish a multipart upload (Authorization: Bearer <upload token>)",
+    openapi_extra={**COMPLETE_BODY, "security": spec.TOKEN},
+    responses=spec.FILES_COMPLETE_RESPONSES,
 )
 async def files_upload_complete(
     request: Request, upload_id: str, multipart_id: str
@@ -267,6 +296,8 @@ async def files_upload_complete(
     "/uploads/{upload_id}/multipart/{multipart_id}/{part}",
     operation_id="files_upload_part",
     summary="One part of a multipart upload (Authorization: Bearer <upload token>)",
+    openapi_extra={**spec.BYTES_BODY, "security": spec.TOKEN},
+    responses=spec.FILES_PART_RESPONSES,
 )
 async def files_upload_part(
     request: Request, upload_id: str, multipart_id: str, part: int
@@ -282,7 +313,13 @@ async def files_upload_part(
 # -- reading an upload back ----------------------------------------------------------------------
 
 
-@router.get("/uploads/{upload_id}", operation_id="upload", summary="An upload (its key only)")
+@router.get(
+    "/uploads/{upload_id}",
+    operation_id="upload",
+    summary="An upload (its key only)",
+    response_class=Response,
+    responses=spec.UPLOAD_RESPONSES,
+)
 async def get_upload(request: Request, upload_id: str) -> Response:
     owner = caller(request)
     artifact = await run_in_threadpool(_uploads(request).read, upload_id, owner)  # 404 if not

@@ -1,22 +1,24 @@
 // flux2-edit playground: drives this server's own fal queue API from the browser.
 //
-//   submit   POST queue/fal-ai/flux-2/flash/edit
+//   submit   POST queue/<endpoint id>   (the endpoint the user picks; flash/edit first)
 //   follow   GET  queue/fal-ai/flux-2/requests/{id}/status/stream?logs=1   (SSE, read with fetch)
 //   result   GET  queue/fal-ai/flux-2/requests/{id}
 //   cancel   PUT  queue/fal-ai/flux-2/requests/{id}/cancel
 //   preview  GET  files/{id}/preview…   (announced in the logs: "preview 1/3 (step 2/8): URL")
 //
-// Every URL is relative to the page, so the page works wherever the server is mounted. The input
-// fields take their defaults and ranges from openapi.json at load. fetch (not EventSource) reads
+// Every URL is relative to the page, so the page works wherever the server is mounted. The
+// endpoints are the queue submit routes of openapi.json; the form follows the picked endpoint's
+// input schema (references only for edits, steps and acceleration for the base endpoints, LoRAs
+// for the lora ones) and takes its defaults and ranges. fetch (not EventSource) reads
 // the status stream because only fetch can send the Authorization header.
 "use strict";
 
 (() => {
   const ENDPOINT_ID = "fal-ai/flux-2/flash/edit";
   const APP_ID = "fal-ai/flux-2";
-  const SUBMIT_URL = `queue/${ENDPOINT_ID}`;
   const REQUESTS_URL = `queue/${APP_ID}/requests`;
-  const MAX_IMAGES = 4;
+  const MAX_LORAS = 3;
+  let MAX_IMAGES = 4;
   const KEY_STORAGE = "flux2-edit.playground.apiKey";
   const POLL_MS = 500;
   // fal's presets (fal-protocol.md §13.3); only used for the labels of the size options.
@@ -53,6 +55,9 @@
   }
 
   const state = {
+    endpoint: ENDPOINT_ID,
+    inputs: {}, // endpoint id -> its input schema (from openapi.json)
+    props: null, // the picked endpoint's input properties
     images: [], // {url, label}
     defaults: {
       guidance_scale: 2.5,
@@ -84,9 +89,41 @@
       return;
     }
     const schemas = (spec.components && spec.components.schemas) || {};
-    const input = schemas.Flux2FlashEditInput;
-    if (!input || !input.properties) return;
-    applySchema(input.properties, schemas);
+    state.schemas = schemas;
+    for (const [path, item] of Object.entries(spec.paths || {})) {
+      const body = item.post && item.post.requestBody;
+      const ref = body && body.content && body.content["application/json"].schema.$ref;
+      if (!path.startsWith("/queue/") || path.includes("/requests/") || !ref) continue;
+      const input = resolve(schemas, { $ref: ref });
+      if (input.properties) state.inputs[path.slice("/queue/".length)] = input;
+    }
+    const ids = Object.keys(state.inputs);
+    if (!ids.length) return;
+    const select = $("endpoint");
+    select.replaceChildren(...ids.map((id) => el("option", { value: id }, id)));
+    const wanted = new URLSearchParams(location.search).get("endpoint");
+    selectEndpoint(ids.includes(wanted) ? wanted : ids.includes(ENDPOINT_ID) ? ENDPOINT_ID : ids[0]);
+  }
+
+  /** Make the form follow ``id``'s input schema. */
+  function selectEndpoint(id) {
+    const input = state.inputs[id];
+    if (!input) return;
+    state.endpoint = id;
+    state.props = input.properties;
+    $("endpoint").value = id;
+    const props = input.properties;
+    const edit = Boolean(props.image_urls);
+    MAX_IMAGES = edit ? input["x-flux2-max-references"] || 4 : 0;
+    $("images-field").hidden = !edit;
+    if (edit && state.images.length > MAX_IMAGES) state.images = state.images.slice(0, MAX_IMAGES);
+    $("steps-field").hidden = !props.num_inference_steps;
+    $("acceleration-field").hidden = !props.acceleration;
+    $("loras-field").hidden = !props.loras;
+    $("endpoint-summary").textContent = edit ? `edit · up to ${MAX_IMAGES} references` : "text-to-image";
+    $("submit").textContent = edit ? "Edit" : "Generate";
+    applySchema(props, state.schemas);
+    renderThumbs();
   }
 
   function resolve(schemas, schema) {
@@ -119,7 +156,7 @@
 
   function applySchema(props, schemas) {
     const d = state.defaults;
-    for (const name of ["guidance_scale", "num_images"]) {
+    for (const name of ["guidance_scale", "num_images", "num_inference_steps"]) {
       const prop = props[name];
       if (!prop) continue;
       setRange($(name), prop);
@@ -162,7 +199,7 @@
         );
         if ([...select.options].some((option) => option.value === chosen)) select.value = chosen;
       }
-      if (typeof size.default === "string") d.image_size = size.default;
+      d.image_size = typeof size.default === "string" ? size.default : "square_hd";
       $("image_size-help").textContent = `default ${d.image_size}`;
     }
 
@@ -184,6 +221,10 @@
       const desc = (prop.description || "").replace(/`/g, "");
       $(`${name}-help`).textContent = `${desc} (default ${d[name] ? "on" : "off"})`.trim();
     }
+    if (props.acceleration && props.acceleration.default) {
+      d.acceleration = props.acceleration.default;
+      $("acceleration-help").textContent = `default ${d.acceleration}`;
+    }
     if (props.seed && props.seed.description) $("seed").title = props.seed.description;
     applyDefaults();
   }
@@ -202,6 +243,8 @@
     set("height", "value", d.height);
     set("num_images", "value", d.num_images);
     set("output_format", "value", d.output_format);
+    if (d.num_inference_steps !== undefined) set("num_inference_steps", "value", d.num_inference_steps);
+    if (d.acceleration !== undefined) set("acceleration", "value", d.acceleration);
     for (const name of ["enable_prompt_expansion", "enable_safety_checker", "sync_mode"]) {
       set(name, "checked", d[name]);
     }
@@ -437,9 +480,9 @@
   }
 
   function buildInput() {
+    const props = state.props || { image_urls: {} };
     const input = {
       prompt: $("prompt").value,
-      image_urls: state.images.map((image) => image.url),
       guidance_scale: Number($("guidance_scale").value),
       num_images: Number($("num_images").value),
       output_format: $("output_format").value,
@@ -454,6 +497,16 @@
         : size;
     const seed = $("seed").value.trim();
     if (seed !== "") input.seed = Number(seed);
+    if (props.image_urls) input.image_urls = state.images.map((image) => image.url);
+    if (props.num_inference_steps) input.num_inference_steps = Number($("num_inference_steps").value);
+    if (props.acceleration) input.acceleration = $("acceleration").value;
+    if (props.loras) {
+      input.loras = [];
+      for (let i = 0; i < MAX_LORAS; i++) {
+        const path = $(`lora-path-${i}`).value.trim();
+        if (path) input.loras.push({ path, scale: Number($(`lora-scale-${i}`).value || 1) });
+      }
+    }
     return input;
   }
 
@@ -473,7 +526,7 @@
     if (state.job) return;
     clearInvalid();
     imagesError("");
-    if (!state.images.length) {
+    if (MAX_IMAGES > 0 && !state.images.length) {
       imagesError("Add at least one reference image.");
       $("choose-files").focus();
       return;
@@ -486,7 +539,8 @@
 
   function setRunning(running) {
     $("submit").disabled = running;
-    $("submit").textContent = running ? "Editing…" : "Edit";
+    const edit = MAX_IMAGES > 0;
+    $("submit").textContent = running ? (edit ? "Editing…" : "Generating…") : edit ? "Edit" : "Generate";
     $("cancel").hidden = !running;
     $("cancel").disabled = !running;
     $("edit-form").setAttribute("aria-busy", running ? "true" : "false");
@@ -686,7 +740,7 @@
     }, 100);
     try {
       const previews = $("live_previews").checked ? { "X-Flux2-Previews": PREVIEWS } : {};
-      const response = await fetch(SUBMIT_URL, {
+      const response = await fetch(`queue/${state.endpoint}`, {
         method: "POST",
         headers: {
           ...authHeaders(),
@@ -799,6 +853,11 @@
     if (field === "image_urls") {
       const item = $("image-list").querySelector(`li[data-index="${Number(parts[1])}"]`);
       if (item) item.classList.add("invalid");
+      return;
+    }
+    if (field === "loras" && parts.length > 1) {
+      const path = $(`lora-path-${Number(parts[1])}`);
+      if (path) path.setAttribute("aria-invalid", "true");
       return;
     }
     if (field === "image_size" && $("image_size").value === "custom" && parts[1]) {
@@ -998,6 +1057,7 @@
     $("cancel").addEventListener("click", cancelJob);
     $("reset").addEventListener("click", () => applyDefaults(true));
     $("image_size").addEventListener("change", onSizeChange);
+    $("endpoint").addEventListener("change", () => selectEndpoint($("endpoint").value));
     $("guidance_scale_range").addEventListener("input", () => {
       $("guidance_scale").value = $("guidance_scale_range").value;
     });

@@ -5,7 +5,10 @@ the safety checker (fail closed) and the engine, and warms it up; a batch drops 
 cancelled or past their start deadline while they waited, runs the rest on the engine, logs
 ``step k/N`` to each job and renews the lease of every held job at each step, and on
 out-of-memory retries the batch in halves down to one job. Results go to the finisher's pool, so
-the next batch starts while the last one's images are encoded.
+the next batch starts while the last one's images are encoded. An engine that cannot go on
+(``WorkerDead``: a parallel group lost a rank) makes the worker defunct; the batch's jobs fail
+when this worker serves alone, or go back to the queue when their lease lapses (Redis). The
+engine is closed (``close()``, when it has one) when the loop ends.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from core.errors import Flux2Error, GenerationFailed, OutOfMemory
+from core.errors import Flux2Error, GenerationFailed, OutOfMemory, WorkerDead
 from pipelines.protocol import EditEngine
 from pipelines.types import StepEvent
 from service.jobs import LogEntry
@@ -54,6 +57,7 @@ class GpuLoop:
         policy: BatchPolicy,
         warmup: bool = True,
         name: str = "worker",
+        fail_on_death: bool = True,
         previews: PreviewWriter | None = None,
     ) -> None:
         self.engine_factory = engine_factory
@@ -67,6 +71,7 @@ class GpuLoop:
         self.policy = policy
         self.warmup = warmup
         self.name = name
+        self.fail_on_death = fail_on_death
         self.previews = previews
         self.state = WorkerState.STARTING
         self.error: str | None = None
@@ -95,6 +100,8 @@ class GpuLoop:
         except Exception as exc:
             logger.exception("worker GPU loop died")
             self.died(exc)
+        finally:
+            self._close_engine()
 
     def died(self, exc: Exception) -> None:
         """A loop died: the worker is defunct and stops claiming."""
@@ -162,6 +169,10 @@ class GpuLoop:
                 return
             self.finisher.fail_all(batch, exc)
             return
+        except WorkerDead as exc:
+            if self.fail_on_death:  # alone: nobody else will run them
+                self.finisher.fail_all(batch, exc)
+            raise  # the loop dies: defunct
         except Flux2Error as exc:
             self.finisher.fail_all(batch, exc)
             return
@@ -173,6 +184,14 @@ class GpuLoop:
             timer.done()
         for item, result in zip(batch, results, strict=True):
             self.finisher.submit(item, result)
+
+    def _close_engine(self) -> None:
+        close = getattr(self.engine, "close", None)  # optional: engines with processes
+        if callable(close):
+            try:
+                close()
+            except Exception:
+                logger.exception("closing the engine failed")
 
     def _setup(self) -> None:
         try:

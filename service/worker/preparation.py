@@ -1,6 +1,9 @@
 """Preparation: a claimed job's typed input becomes an :class:`EditRequest` the engine can trust.
 
-Its reference images are fetched (in parallel, through the SSRF-guarded fetcher), decoded and
+The job's endpoint (:mod:`service.endpoints`) sets the request's regime, step count and
+acceleration; its LoRAs (lora endpoints only) are resolved to local safetensors files and checked
+against the engine (:mod:`service.loras`), in parallel with the reference downloads. Its
+reference images are fetched (in parallel, through the SSRF-guarded fetcher), decoded and
 resized to their reference size here, on the prepare threads, while the GPU runs the previous
 batch. References of a job this worker gave back are kept (a small LRU) and reused if the job
 comes back. The input itself was validated at the HTTP edge; what only the fetched images can
@@ -21,10 +24,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from PIL import Image
 
 from core.errors import FileDownloadError, Flux2Error, GenerationFailed, NotFound, UnreadableJob
-from pipelines.types import EditRequest
+from pipelines.types import EditRequest, LoraWeights
+from service.endpoints import get_endpoint
 from service.inputs import FetchPolicy, decode_image, load_image
 from service.jobs import Job, LogEntry
 from service.logs import request_context
+from service.loras import LoraResolver
 from service.outcomes import failure
 from service.queue.base import JobQueue
 from service.uploads import Uploads, upload_id_of
@@ -52,6 +57,7 @@ class Preparer:
         threads: int = 4,
         fetch_threads: int = 8,
         uploads: Uploads | None = None,
+        loras: LoraResolver | None = None,
     ) -> None:
         self.queue = queue
         self.finisher = finisher
@@ -59,6 +65,7 @@ class Preparer:
         self.fetch_policy = fetch_policy
         self.reference_pixels = reference_pixels
         self.uploads = uploads
+        self.loras = loras
         self._cache: OrderedDict[str, tuple[tuple[Image.Image, ...], int | None]] = OrderedDict()
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="flux2-prepare")
         self._fetch_pool = ThreadPoolExecutor(fetch_threads, thread_name_prefix="flux2-fetch")
@@ -103,8 +110,14 @@ class Preparer:
         fal_input = job.input
         if fal_input is None:
             raise UnreadableJob(job.input_error or f"job {job.id} has no input")
+        endpoint = get_endpoint(job.endpoint)
+        options = endpoint.engine_options(fal_input)
+        lora_inputs = fal_input.lora_inputs() if endpoint.adapters == "request" else []
+        loras = [self._fetch_pool.submit(self._lora, job, lora.path, lora.scale, i)
+                 for i, lora in enumerate(lora_inputs)]  # fmt: skip
         cached = self._cache.pop(job.id, None)
         images, prepared_for = cached or (self._fetch(job, fal_input.used_image_urls()), None)
+        adapters = tuple(future.result() for future in loras)
         seed = fal_input.seed if fal_input.seed is not None else secrets.randbelow(2**31)
         request = EditRequest(
             request_id=job.id,
@@ -117,6 +130,10 @@ class Preparer:
             guidance_scale=fal_input.guidance_scale,
             enable_prompt_expansion=fal_input.enable_prompt_expansion,
             previews=job.previews,
+            regime=options.regime,
+            steps=options.steps,
+            acceleration=options.acceleration,
+            loras=adapters,
         )
         # Resized here, on a prepare thread, so the GPU thread does not spend its time on it;
         # raises InvalidRequest for a reference the engine cannot use.
@@ -127,6 +144,12 @@ class Preparer:
         """A request's references, downloaded in parallel; the first failure is raised."""
         futures = [self._fetch_pool.submit(self._load, job, url, i) for i, url in enumerate(urls)]
         return tuple(future.result() for future in futures)
+
+    def _lora(self, job: Job, path: str, scale: float, index: int) -> LoraWeights:
+        if self.loras is None:
+            raise GenerationFailed("this worker cannot resolve LoRAs")
+        with request_context(job.id):
+            return self.loras.resolve(path, scale, index=index)
 
     def _load(self, job: Job, url: str, index: int) -> Image.Image:
         upload_id = upload_id_of(url, job.base_url) if self.uploads is not None else None
@@ -144,7 +167,11 @@ class Preparer:
 
     def _input_flagged(self, item: Prepared) -> bool:
         """Check the references; a flagged job completes now with black, flagged images."""
-        if not self.gate.check_inputs or not self.gate.applies(item.input):
+        if (
+            not item.request.images
+            or not self.gate.check_inputs
+            or not self.gate.applies(item.input)
+        ):
             return False
         try:
             flags = [verdict.has_nsfw for verdict in self.gate.check(item.request.images)]

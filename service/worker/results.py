@@ -16,11 +16,12 @@ from PIL import Image
 
 from pipelines.safety import apply_verdicts
 from pipelines.types import EditResult
+from service.endpoints import DEFAULT_ENDPOINT, ENDPOINTS
 from service.jobs import LogEntry, Outcome
 from service.outcomes import success
 from service.outputs import OutputFormat, encode_image
 from service.queue.base import JobQueue
-from service.schema import Flux2FlashEditOutput, ImageFile
+from service.schema import ImageFile
 from service.storage.base import ArtifactStore
 from service.worker.screening import SafetyGate
 from service.worker.state import Prepared
@@ -103,7 +104,8 @@ class ResultWriter:
 
         # One image: encoded here. Several: in parallel, in order.
         files = [encode(images[0])] if len(images) == 1 else list(self._pool.map(encode, images))
-        output = Flux2FlashEditOutput(
+        endpoint = ENDPOINTS.get(item.job.endpoint, DEFAULT_ENDPOINT)
+        output = endpoint.output_model(
             images=files,
             timings={k: round(v, 4) for k, v in result.timings.items()},
             seed=result.seed,

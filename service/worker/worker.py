@@ -22,12 +22,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pipelines.prompt_cache import CacheStats
 from pipelines.protocol import EditEngine
 from pipelines.safety import SafetyChecker
 from service.inputs import FetchPolicy
 from service.jobs import Job, WorkerInfo
+from service.lora_cache import FileCacheStats
+from service.loras import LoraPolicy, LoraResolver
 from service.metrics import Metrics
 from service.queue.base import JobQueue
 from service.status import WorkerState
@@ -56,8 +59,8 @@ class WorkerOptions:
     claim_timeout: how long one blocking claim waits (bounds shutdown latency).
     expire_every, reap_every: seconds between expiry and crash-recovery sweeps.
     warmup: run the engine's warm-up before reporting ready.
-    fail_jobs_when_broken: with an engine that failed to load, fail the jobs (one worker
-        serves them all) or leave them in the queue for healthy workers (scale-out).
+    fail_jobs_when_broken: with an engine that failed to load or died, fail the jobs (one
+        worker serves them all) or leave them in the queue for healthy workers (scale-out).
     prepare_threads, finish_threads: sizes of the CPU pools around the GPU stage.
     encode_threads: images encoded at once (the images of one job are encoded in parallel).
     prefetch_steps: None: the scheduler claims jobs for the next batch at any time. k: a busy
@@ -66,6 +69,8 @@ class WorkerOptions:
     check_inputs: check reference images with the safety checker too.
     allow_disable_safety: honour ``enable_safety_checker=false`` from requests.
     fetch_policy: the SSRF guard and limits of reference downloads.
+    lora_policy: where LoRA paths resolve, the download cache and its limits (None: no LoRA
+        directory, downloads cached under ``~/.cache/flux2-edit/loras``).
     announce_every: seconds between the worker's announcements of its state in the queue
         (API nodes count it alive for three times as long).
     """
@@ -85,6 +90,7 @@ class WorkerOptions:
     check_inputs: bool = True
     allow_disable_safety: bool = False
     fetch_policy: FetchPolicy = field(default_factory=FetchPolicy)
+    lora_policy: LoraPolicy | None = None
     announce_every: float = 2.0
 
     @property
@@ -94,6 +100,13 @@ class WorkerOptions:
             batch_window=self.batch_window,
             prefetch_steps=self.prefetch_steps,
         )
+
+
+def default_lora_policy(fetch: FetchPolicy) -> LoraPolicy:
+    """No LoRA directory; downloads (through ``fetch``'s guard) cached in the user's cache."""
+    return LoraPolicy(
+        directory=None, cache_dir=Path.home() / ".cache" / "flux2-edit" / "loras", fetch=fetch
+    )
 
 
 class Worker:
@@ -141,6 +154,10 @@ class Worker:
             threads=options.finish_threads,
             encode_threads=options.encode_threads,
         )
+        self._loras = LoraResolver(
+            options.lora_policy or default_lora_policy(options.fetch_policy),
+            engine=lambda: self._gpu.engine,
+        )
         self._preparer = Preparer(
             queue,
             self._finisher,
@@ -149,6 +166,7 @@ class Worker:
             reference_pixels=options.reference_pixels,
             threads=options.prepare_threads,
             uploads=Uploads(uploads if uploads is not None else store),
+            loras=self._loras,
         )
         self._gpu = GpuLoop(
             engine_factory,
@@ -162,6 +180,7 @@ class Worker:
             policy=policy,
             warmup=options.warmup,
             name=name,
+            fail_on_death=options.fail_jobs_when_broken,
             previews=PreviewWriter(queue, store),
         )
         self._housekeeping = Housekeeping(
@@ -272,6 +291,15 @@ class Worker:
         """The engine's prompt-embedding cache counters, once it is loaded."""
         engine = self._gpu.engine
         return engine.prompt_cache_stats() if engine is not None else None
+
+    def adapter_cache_stats(self) -> CacheStats | None:
+        """The engine's loaded-adapter (LoRA) cache counters, once it is loaded."""
+        engine = self._gpu.engine
+        return engine.adapter_cache_stats() if engine is not None else None
+
+    def lora_file_stats(self) -> FileCacheStats | None:
+        """The downloaded-LoRA file cache's counters (None before the first download)."""
+        return self._loras.stats()
 
     def prepare(self, job: Job) -> Prepared:
         """``job`` prepared as the worker would (for tests and tools)."""

@@ -8,79 +8,19 @@ runs them once per way of pointing the client at our host (docs/reference/fal-pr
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers.node import JS_DIR, text_of
+
 pytestmark = pytest.mark.slow
 
-JS_DIR = Path(__file__).parent / "js"
 TEST_FILE = "fal_client.test.mjs"
-MIN_NODE_MAJOR = 20
-NPM_TIMEOUT_S = 300
 NODE_TIMEOUT_S = 300
-
-
-def pinned_client_version() -> str:
-    return str(json.loads((JS_DIR / "package.json").read_text())["dependencies"]["@fal-ai/client"])
-
-
-def installed_client_version() -> str | None:
-    manifest = JS_DIR / "node_modules" / "@fal-ai" / "client" / "package.json"
-    try:
-        return str(json.loads(manifest.read_text())["version"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-@pytest.fixture(scope="module")
-def node() -> str:
-    """node, with the pinned ``@fal-ai/client`` installed from the lockfile (``npm ci``)."""
-    exe = shutil.which("node")
-    if exe is None:
-        pytest.skip("node is not installed: the @fal-ai/client tests need Node.js >= 20 and npm")
-    version = subprocess.run(
-        [exe, "--version"], capture_output=True, text=True, timeout=30, check=True
-    ).stdout.strip()
-    match = re.match(r"v(\d+)\.", version)
-    if match is None or int(match.group(1)) < MIN_NODE_MAJOR:
-        pytest.skip(f"node {version} is too old: the @fal-ai/client tests need Node.js >= 20")
-    if installed_client_version() != pinned_client_version():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail(f"npm is missing: cannot install the pinned @fal-ai/client in {JS_DIR}")
-        try:
-            proc = subprocess.run(
-                [npm, "ci", "--no-audit", "--no-fund"],
-                cwd=JS_DIR,
-                capture_output=True,
-                text=True,
-                timeout=NPM_TIMEOUT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            output = text_of(exc.stdout) + text_of(exc.stderr)
-            pytest.fail(f"npm ci in {JS_DIR} timed out after {NPM_TIMEOUT_S} s:\n{output}")
-        if proc.returncode != 0:
-            output = f"{proc.stdout}\n{proc.stderr}"
-            pytest.fail(f"npm ci in {JS_DIR} failed (rc {proc.returncode}):\n{output}")
-        installed, pinned = installed_client_version(), pinned_client_version()
-        if installed != pinned:
-            pytest.fail(f"npm ci installed @fal-ai/client {installed}, not {pinned}")
-    return exe
-
-
-def text_of(output: str | bytes | None) -> str:
-    """What a timed-out subprocess printed (``TimeoutExpired`` may hold bytes even in text mode)."""
-    if isinstance(output, bytes):
-        return output.decode(errors="replace")
-    return output or ""
 
 
 def server_tail(server: Any, lines: int = 60) -> str:

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 from PIL import Image
-from test_js_client import JS_DIR, node  # noqa: F401 - the fixture that installs the JS client
+
+from tests.helpers.node import JS_DIR
 
 pytestmark = pytest.mark.slow
 
@@ -67,7 +68,7 @@ def test_python_upload_example(server: Any, workdir: Path) -> None:
     assert output.startswith(f"{server.origin}/files/"), out
 
 
-def test_js_upload_example(node: str, server: Any, workdir: Path) -> None:  # noqa: F811
+def test_js_upload_example(node: str, server: Any, workdir: Path) -> None:
     (block,) = blocks("js", "readFile(")
     script = JS_DIR / f"readme-example-{os.getpid()}.mjs"  # beside node_modules
     script.write_text(block.replace(HTTP_ORIGIN, server.origin))

@@ -1,5 +1,5 @@
-"""The ``EditEngine`` contract (pipelines/protocol.py), on every engine: the fake one and the real
-FLUX.2 engine on the tiny checkpoint (CPU).
+"""The ``EditEngine`` contract (pipelines/protocol.py), on every engine: the fake one, the real
+FLUX.2 engine on the tiny checkpoint (CPU) and the same on a parallel group of two CPU ranks.
 
 What the worker relies on: one progress event per step naming the requests still running,
 cancellation before any step (a cancelled request comes back without images, the others go on),
@@ -31,25 +31,37 @@ STEPS = 4
 
 @pytest.fixture(
     scope="module",
-    params=["fake", pytest.param("flux2-tiny", marks=pytest.mark.slow)],
+    params=[
+        "fake",
+        pytest.param("flux2-tiny", marks=pytest.mark.slow),
+        pytest.param("flux2-tiny-ulysses-2", marks=pytest.mark.slow),
+    ],
 )
 def engine(request: pytest.FixtureRequest) -> Iterator[EditEngine]:
     if request.param == "fake":
         yield FakeEngine(num_steps=STEPS, reference_pixels=REFERENCE_PIXELS)
         return
     from pipelines.flux2 import Flux2Engine, Flux2EngineConfig
+    from pipelines.layout import ParallelLayout
+    from pipelines.parallel import ParallelEngine
     from pipelines.schedules import parse_schedule
 
     checkpoint: Path = request.getfixturevalue("tiny_checkpoint")
-    flux2 = Flux2Engine(
-        Flux2EngineConfig(
-            model_path=checkpoint,
-            reference_pixels=REFERENCE_PIXELS,
-            schedule=parse_schedule("1.0,0.75,0.5,0.25"),
-        )
+    config = Flux2EngineConfig(
+        model_path=checkpoint,
+        reference_pixels=REFERENCE_PIXELS,
+        schedule=parse_schedule("1.0,0.75,0.5,0.25"),
     )
-    flux2.load()
-    yield flux2
+    if request.param == "flux2-tiny":
+        flux2 = Flux2Engine(config)
+        flux2.load()
+        yield flux2
+        return
+    on_cpu = dataclasses.replace(config, device="cpu")
+    group = ParallelEngine(on_cpu, ParallelLayout("ulysses", 2))  # two CPU ranks on gloo
+    group.load()
+    yield group
+    group.close()
 
 
 def noise(width: int, height: int, seed: int) -> Image.Image:

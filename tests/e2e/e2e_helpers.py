@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -41,6 +42,7 @@ def running_fake_server(
     api_keys: str = "",
     step_seconds: float = 0.0,
     flag_everything: bool = False,
+    **settings: Any,
 ) -> Iterator[Server]:
     """The real app and worker in this process, on the instant fake engine, served by uvicorn.
 
@@ -55,6 +57,7 @@ def running_fake_server(
         engine=lambda: FakeEngine(num_steps=8, step_seconds=step_seconds),
         safety=AlwaysFlagChecker if flag_everything else NeverFlagChecker,
         api_keys=api_keys,
+        **settings,
     )
     with serving(parts) as origin:
         yield Server(origin=origin)

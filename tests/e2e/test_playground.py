@@ -16,6 +16,8 @@ import pytest
 from e2e_helpers import FakeServerFactory, Server, reference_png, save_artifact
 from PIL import Image
 
+from tests.helpers.loras import write_lora
+
 try:
     from playwright.sync_api import expect
 except ImportError:  # the browser fixture skips (fails under CI) and says how to install it
@@ -243,3 +245,36 @@ def test_flagged_images_are_marked(
         expect(page.locator("#error-title")).to_have_text("Flagged by the safety checker")
         expect(page.locator("#error-message")).to_contain_text("2 of 2 images were flagged")
         expect(page.locator("#result-seed")).to_have_text(re.compile(r"^\d+$"))
+
+
+def test_the_form_follows_the_picked_endpoint(
+    page: Page, fake_server: FakeServerFactory, tmp_path: Path
+) -> None:
+    """Text-to-image with LoRAs: no references, steps and acceleration, LoRA rows; a bad LoRA
+    is marked at its row, a good one generates."""
+    write_lora(tmp_path / "loras" / "brand.safetensors")
+    with fake_server(lora_dir=tmp_path / "loras") as server:
+        open_playground(page, server)
+        expect(page.locator("#images-field")).to_be_visible()  # flash/edit first
+        expect(page.locator("#steps-field")).to_be_hidden()
+        page.select_option("#endpoint", "fal-ai/flux-2/lora")
+        expect(page.locator("#images-field")).to_be_hidden()
+        expect(page.locator("#loras-field")).to_be_visible()
+        expect(page.locator("#submit")).to_have_text("Generate")
+        assert page.input_value("#num_inference_steps") == "28"
+        assert page.input_value("#acceleration") == "regular"
+        assert page.input_value("#image_size") == "landscape_4_3"
+        page.fill("#prompt", "a lighthouse")
+        page.select_option("#image_size", "square")
+        page.fill("#num_inference_steps", "5")
+        page.fill("#lora-path-0", "missing")
+        page.click("#submit")
+        expect(page.locator("#lora-path-0")).to_have_attribute("aria-invalid", "true",
+                                                               timeout=RUN_TIMEOUT_MS)  # fmt: skip
+        page.fill("#lora-path-0", "brand")
+        page.fill("#lora-scale-0", "0.5")
+        page.click("#submit")
+        expect(page.locator("#result-images img")).to_have_count(1, timeout=RUN_TIMEOUT_MS)
+        expect(page.locator("#logs")).to_contain_text("step 5/5")
+        page.select_option("#endpoint", "fal-ai/flux-2/lora/edit")
+        expect(page.locator("#image-count")).to_have_text("0 of 3")

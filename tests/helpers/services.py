@@ -7,6 +7,7 @@ opennsfw; everything else is what ``flux2-edit serve`` builds.
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -22,6 +23,7 @@ from pipelines.protocol import EditEngine
 from pipelines.safety import NeverFlagChecker, SafetyChecker
 from service.bootstrap import Components, Role, build, build_app
 from service.settings import Settings
+from service.tls import LocalCertificates
 
 #: Worker options that keep tests quick: no warm-up, short claims, a 10 ms batch window.
 FAST_WORKER: dict[str, Any] = {"warmup": False, "claim_timeout": 0.05, "batch_window": 0.01}
@@ -58,23 +60,34 @@ def fake_components(
 
 
 @contextmanager
-def serving(components: Components, *, timeout: float = 30.0) -> Iterator[str]:
+def serving(
+    components: Components, *, timeout: float = 30.0, tls: LocalCertificates | None = None
+) -> Iterator[str]:
     """Serve ``components``' app with uvicorn on a free loopback port, in a thread, until the
-    block ends; yields its origin once ``/ready`` answers 200."""
+    block ends; yields its origin once ``/ready`` answers 200 (https with ``tls``)."""
     import uvicorn
 
     port = free_port()
+    certificates: dict[str, Any] = (
+        {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)} if tls else {}
+    )
     server = uvicorn.Server(
         uvicorn.Config(
-            build_app(components), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+            build_app(components),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            **certificates,
         )
     )
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
-    origin = f"http://127.0.0.1:{port}"
+    origin = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(tls.ca)) if tls else True
     try:
         deadline = time.monotonic() + timeout
-        with httpx.Client(timeout=5) as client:
+        with httpx.Client(timeout=5, verify=verify) as client:
             while True:
                 try:
                     if server.started and client.get(f"{origin}/ready").status_code == 200:

@@ -1,6 +1,6 @@
 """The official ``openai`` SDK, unmodified but for ``base_url`` and ``api_key``, against the
 server: edits with one and several images (base64 and URLs), streaming with partial images,
-generations (not served yet: a clean error), models, keys, and OpenAI-shaped errors."""
+generations (text-to-image through the registry), models, keys, and OpenAI-shaped errors."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from openai.types import ImageEditCompletedEvent, ImageEditPartialImageEvent, Im
 from openai_helpers import ALICE, BOB
 from PIL import Image
 
+from service.endpoints import ENDPOINTS
 from tests.helpers.images import png_bytes
 
 MODEL = "fal-ai/flux-2/flash/edit"
@@ -145,26 +146,49 @@ def test_edit_streams_partial_images_then_the_result(
     assert done.usage.output_tokens == 64 * 32
 
 
-def test_generations_are_not_served_yet(origin: str, client: OpenAI) -> None:
-    with pytest.raises(openai.NotFoundError) as caught:
-        client.images.generate(prompt="a red car")
-    assert caught.value.code == "model_not_found"
-    assert "text-to-image is not served by this server yet" in caught.value.message
+def test_generations_run_text_to_image(origin: str, client: OpenAI) -> None:
+    """No model: the first text-to-image endpoint (flash); a base model takes its step count;
+    an edit model is refused with the route to use."""
+    default = client.images.generate(prompt="a red car", size="512x512", extra_body={"seed": 5})
+    again = client.images.generate(
+        model="flux-2-flash", prompt="a red car", size="512x512", extra_body={"seed": 5}
+    )
+    assert default.data and again.data
+    assert default.data[0].b64_json == again.data[0].b64_json
+    assert decode(default.data[0].b64_json).size == (512, 512)
+    assert default.usage is not None and default.usage.input_tokens == 512  # text only
+    base = client.images.generate(
+        model="fal-ai/flux-2",
+        prompt="a red car",
+        size="512x512",
+        extra_body={"seed": 5, "num_inference_steps": 6},
+    )
+    assert base.data and base.data[0].b64_json != default.data[0].b64_json  # another recipe
+    landscape = client.images.generate(model="flux-2-turbo", prompt="a red car")
+    assert landscape.data and decode(landscape.data[0].b64_json).size == (1024, 768)
+    with pytest.raises(openai.BadRequestError) as steps:
+        client.images.generate(prompt="x", extra_body={"num_inference_steps": 6})
+    assert steps.value.param == "num_inference_steps"
     with pytest.raises(openai.BadRequestError) as wrong:
         client.images.generate(model=MODEL, prompt="a red car")
     assert wrong.value.param == "model"
     assert "/v1/images/edits" in wrong.value.message
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client.images.generate(model="dall-e-3", prompt="a red car")
+    assert unknown.value.code == "model_not_found"
 
 
 def test_models_list_the_endpoints(origin: str, client: OpenAI) -> None:
     listed = client.models.list()
     ids = [model.id for model in listed]
-    assert ids == [MODEL]
-    (model,) = listed.data
+    assert ids[0] == MODEL
+    assert set(ids) == set(ENDPOINTS)
+    model = listed.data[0]
     assert model.owned_by == "flux2-edit"
     assert model.model_extra is not None
     assert model.model_extra["aliases"] == ["flux-2-flash-edit"]
     assert client.models.retrieve("flux-2-flash-edit").id == MODEL
+    assert client.models.retrieve("flux-2-lora").model_extra["operation"] == "generate"
 
 
 def test_keys(origin: str, client: OpenAI, tmp_path: Path) -> None:
@@ -246,3 +270,46 @@ def test_malformed_requests_get_openai_errors(origin: str) -> None:
     assert set(garbage.json()["error"]) == {"message", "type", "param", "code"}
     assert not_json.status_code == 400
     assert not_json.json()["error"]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"prompt": "x", "guidance_scale": NaN}', "NaN is not a JSON value"),
+        (b'{"prompt": "x", "seed": -Infinity}', "-Infinity is not a JSON value"),
+        (b'{"prompt": "x", "guidance_scale": 1e999}', "out of range"),
+        (b'{"prompt": "x", "prompt": "y"}', "duplicate key 'prompt'"),
+        (b'{"prompt": "x", "loras": ' + b"[" * 40 + b"]" * 40 + b"}", "nested more than 32"),
+        (b'{"prompt": "x", "seed": ' + b"9" * 1001 + b"}", "more than 1000 digits"),
+        (b'{"prompt": "\\ud800"}', "lone surrogate"),
+        (b'{"prompt": "\xff"}', "not valid UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested more than 32"),
+    ],
+    ids=[
+        "nan",
+        "infinity",
+        "overflow",
+        "duplicate",
+        "deep",
+        "huge-int",
+        "surrogate",
+        "utf8",
+        "abyss",
+    ],
+)
+def test_odd_json_is_an_openai_400_never_a_500(origin: str, body: bytes, reason: str) -> None:
+    """Strict JSON on the generations route (#12): what Python's json module lets through, or
+    chokes on, is OpenAI's 400 ``invalid_json`` naming why."""
+    answer = httpx.post(
+        f"{origin}/v1/images/generations",
+        content=body,
+        headers={"Authorization": f"Bearer {ALICE}", "Content-Type": "application/json"},
+    )
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error",
+        "invalid_json",
+        None,
+    )
+    assert reason in error["message"], error["message"]

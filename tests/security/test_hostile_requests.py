@@ -9,6 +9,7 @@ After the table: no job is stuck, only successful jobs left files, and the serve
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -56,14 +57,25 @@ def urls(*items: str) -> dict[str, Any]:
     return edit(image_urls=list(items))
 
 
+def raw(*members: str) -> bytes:
+    """BASE as JSON text with ``members`` (raw JSON text, e.g. ``'"seed": NaN'``) appended."""
+    text = json.dumps(BASE)
+    return (text[:-1] + "".join(f", {member}" for member in members) + "}").encode()
+
+
+JSON_TYPE = "application/json"
+
+
 @dataclass(frozen=True)
 class Case:
-    body: Any  # a JSON value, or bytes sent as they are (Content-Type: application/json)
+    body: Any  # a JSON value, or bytes sent as they are
     status: int = 422
     type: str | None = None  # the fal error type expected among the problems
     loc: tuple[Any, ...] = ()  # where (a prefix of the problem's loc)
     queue: bool = False  # also through submit -> result
     match: str | None = None  # a text one of the problems' messages must contain
+    content_type: str | None = JSON_TYPE  # of a bytes body (None: no Content-Type header)
+    at_submit: bool = False  # the queue refuses it at submit (not JSON): no job is made
 
 
 def case(
@@ -75,8 +87,25 @@ def case(
     *,
     queue: bool = False,
     match: str | None = None,
+    content_type: str | None = JSON_TYPE,
 ) -> Any:
-    return pytest.param(Case(body, status, type, tuple(loc or ()), queue, match), id=id)
+    return pytest.param(
+        Case(body, status, type, tuple(loc or ()), queue, match, content_type), id=id
+    )
+
+
+def not_json(
+    id: str,  # noqa: A002
+    body: bytes,
+    match: str,
+    *,
+    type: str = "json_invalid",  # noqa: A002
+    content_type: str | None = JSON_TYPE,
+) -> Any:
+    """A body that is not (strict) JSON: fal's 422 at ``body``, from the sync run and at
+    submit alike (no job is made)."""
+    expected = Case(body, 422, type, ("body",), True, match, content_type, at_submit=True)
+    return pytest.param(expected, id=id)
 
 
 CASES = [
@@ -263,6 +292,65 @@ CASES = [
     case("json-array", [BASE], 422, "model_attributes_type", ["body"], queue=True),
     case("json-string", "make it red", 422, "model_attributes_type", ["body"]),
     case("oversized-body", edit(image_urls=[data_uri(b"\0" * (MAX_BODY + 1024))]), 413, queue=True),
+    # -- odd JSON: what Python's json module accepts but JSON is not (strict RFC 8259) ------
+    not_json("nan", raw('"guidance_scale": NaN'), "NaN is not a JSON value"),
+    not_json("infinity", raw('"guidance_scale": Infinity'), "Infinity is not a JSON value"),
+    not_json("minus-infinity", raw('"num_images": -Infinity'), "-Infinity is not a JSON value"),
+    not_json("nan-in-unknown-field", raw('"extra": [NaN]'), "NaN is not a JSON value"),
+    not_json("float-overflow", raw('"guidance_scale": 1e400'), "1e400 is out of range"),
+    not_json("duplicate-key", raw('"prompt": "other"'), "duplicate key 'prompt'"),
+    not_json(
+        "duplicate-nested-key",
+        raw('"image_size": {"width": 512, "width": 1024, "height": 512}'),
+        "duplicate key 'width'",
+    ),
+    not_json("nesting-100000", b"[" * 100_000 + b"]" * 100_000, "nested more than 32"),
+    not_json("nesting-33", raw('"extra": ' + "[" * 33 + "]" * 33), "nested more than 32"),
+    not_json("int-5000-digits", raw('"num_images": ' + "9" * 5000), "more than 1000 digits"),
+    not_json(  # a Latin-1 body
+        "invalid-utf8",
+        raw('"prompt": "café"').replace("é".encode(), "é".encode("latin-1")),
+        "not valid UTF-8",
+    ),
+    not_json("utf16", json.dumps(BASE).encode("utf-16"), "UTF-8"),
+    not_json("lone-surrogate", raw('"extra": "\\ud800"'), "lone surrogate"),
+    not_json("empty-body", b"", "Field required", type="missing"),
+    # the body is read as JSON whatever its Content-Type (curl -d sends form-urlencoded)
+    not_json(
+        "form-urlencoded",
+        b"prompt=x&image_urls=y",
+        "(the body must be JSON, not 'application/x-www-form-urlencoded')",
+        content_type="application/x-www-form-urlencoded",
+    ),
+    not_json(
+        "multipart",
+        b'--x\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nx\r\n--x--\r\n',
+        "(the body must be JSON, not 'multipart/form-data; boundary=x')",
+        content_type="multipart/form-data; boundary=x",
+    ),
+    case("json-as-form-urlencoded", raw(), 200, content_type="application/x-www-form-urlencoded"),
+    case("json-as-text-plain", raw(), 200, content_type="text/plain"),
+    case("no-content-type", raw(), 200, queue=True, content_type=None),
+    case("json-charset", raw(), 200, content_type="application/json; charset=utf-8"),
+    case("utf8-byte-order-mark", b"\xef\xbb\xbf" + raw(), 200, queue=True),
+    case("surrogate-pair", json.dumps(edit(prompt="\U0001f3a8 paint it")).encode(), 200),
+    # big integers that parse: refused by the schema, and rendered back in the error
+    case("seed-100-digits", edit(seed=10**100), 422, "value_error", ["body", "seed"], queue=True),
+    case(
+        "num-images-40-digits",
+        edit(num_images=10**40),
+        422,
+        "less_than_equal",
+        ["body", "num_images"],
+    ),
+    case(
+        "guidance-400-digits",
+        edit(guidance_scale=10**400),
+        422,
+        "float_type",
+        ["body", "guidance_scale"],
+        queue=True,
+    ),
 ]
 
 
@@ -292,9 +380,12 @@ def _fill(value: Any, servers: Servers) -> Any:
     return value
 
 
-def _post(service: Service, path: str, body: Any) -> httpx.Response:
+def _post(
+    service: Service, path: str, body: Any, content_type: str | None = JSON_TYPE
+) -> httpx.Response:
     if isinstance(body, bytes):
-        return service.client.post(path, content=body, headers={"content-type": "application/json"})
+        headers = {} if content_type is None else {"content-type": content_type}
+        return service.client.post(path, content=body, headers=headers)
     return service.client.post(path, json=body)
 
 
@@ -320,21 +411,21 @@ def _check(response: httpx.Response, expected: Case) -> None:
 
 
 def expected_images(expected: Case) -> int:
-    body = expected.body if isinstance(expected.body, dict) else {}
+    body = expected.body if isinstance(expected.body, dict) else BASE
     return int(body.get("num_images", 1))
 
 
 @pytest.mark.parametrize("expected", CASES)
 def test_sync_run(service: Service, servers: Servers, expected: Case) -> None:
-    response = _post(service, RUN_PATH, _fill(expected.body, servers))
+    response = _post(service, RUN_PATH, _fill(expected.body, servers), expected.content_type)
     _check(response, expected)
     service.record(response.headers.get("x-fal-request-id"))
 
 
 @pytest.mark.parametrize("expected", [c for c in CASES if c.values[0].queue])
 def test_queue_submit_then_result(service: Service, servers: Servers, expected: Case) -> None:
-    submitted = _post(service, SUBMIT_PATH, _fill(expected.body, servers))
-    if expected.status == 413:  # refused before a job exists
+    submitted = _post(service, SUBMIT_PATH, _fill(expected.body, servers), expected.content_type)
+    if expected.status == 413 or expected.at_submit:  # refused before a job exists
         _check(submitted, expected)
         return
     assert submitted.status_code == 200, submitted.text
@@ -349,6 +440,17 @@ def test_queue_submit_then_result(service: Service, servers: Servers, expected: 
         assert status.json()["error_type"] == expected.type
         assert status.json()["error"]
         assert result.headers["x-fal-error-type"] == expected.type
+
+
+@pytest.mark.parametrize("path", [RUN_PATH, SUBMIT_PATH], ids=["sync", "queue"])
+def test_big_integers_are_rendered_back(service: Service, path: str) -> None:
+    response = _post(service, path, edit(seed=10**100))
+    request_id = response.headers["x-fal-request-id"]
+    service.record(request_id)
+    if path == SUBMIT_PATH:
+        response = service.client.get(request_path(request_id))
+    assert_fal_problems(response, 422, "value_error", ["body", "seed"])
+    assert response.json()["detail"][0]["input"] == 10**100
 
 
 def test_queue_refuses_non_json_at_submit(service: Service) -> None:

@@ -385,19 +385,36 @@ def test_start_timeout(make_service: MakeService) -> None:
     assert svc.result(in_time).status_code == 200
 
 
-def test_bad_start_timeout(service: Service) -> None:
+@pytest.mark.parametrize("value", ["soon", "nan", "inf", "-Infinity", "1e400"])
+def test_bad_start_timeout(service: Service, value: str) -> None:
     response = service.client.post(
-        SUBMIT_PATH, json=edit_body(), headers={"X-Fal-Request-Timeout": "soon"}
+        SUBMIT_PATH, json=edit_body(), headers={"X-Fal-Request-Timeout": value}
     )
     assert response.status_code == 422
     [problem] = _problems(response.json())
     assert problem["loc"] == ["header", "x-fal-request-timeout"]
+    assert problem["input"] == value
 
 
 def test_not_found_body_for_queue_routes(service: Service) -> None:
     response = service.client.get(request_path("missing", "/status"))
     assert response.status_code == 404
     assert response.json()["status"] == "NOT_FOUND"
+
+
+@pytest.mark.parametrize("request_id", ["%E2%82%AC", "%FF", "a%0Ab", "%20x", "x" * 200])
+@pytest.mark.parametrize(("method", "tail"), [("GET", "/status"), ("GET", "/status/stream"),
+                                              ("GET", ""), ("PUT", "/cancel")])  # fmt: skip
+def test_an_id_that_cannot_be_a_header_is_not_found(
+    service: Service, request_id: str, method: str, tail: str
+) -> None:
+    """The id is echoed in ``x-fal-request-id`` only when it can be a header value as it is
+    (a non-Latin-1 id was a 500); otherwise the response gets an id of its own."""
+    response = service.client.request(method, request_path(request_id, tail))
+    assert response.status_code == 404, response.text
+    assert response.json()["status"] == "NOT_FOUND"
+    assert response.headers["x-fal-request-id"] != request_id
+    assert UUID.match(response.headers["x-fal-request-id"])
 
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])

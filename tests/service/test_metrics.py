@@ -30,6 +30,7 @@ from service.jobs import JobStatus
 from service.metrics import CONTENT_TYPE_LATEST, Metrics
 from service.middleware import OTHER_ROUTE
 from service.queue.memory import InMemoryJobQueue
+from service.schema import ENDPOINT_ID
 from service.storage.local import LocalArtifactStore
 from service.worker import Worker, WorkerOptions, WorkerState
 from tests.helpers.jobs import make_job
@@ -90,8 +91,11 @@ def test_counters_move_after_jobs(service: Service) -> None:
     duration = "flux2_http_request_seconds_count"
     assert moved(before, after, duration, route=RUN_PATH, method="POST") == 2
 
-    assert moved(before, after, "flux2_jobs_total", outcome="ok") == 2
-    assert moved(before, after, "flux2_jobs_total", outcome=failed["error_type"]) == 1
+    assert moved(before, after, "flux2_jobs_total", endpoint=ENDPOINT_ID, outcome="ok") == 2
+    assert (
+        moved(before, after, "flux2_jobs_total", endpoint=ENDPOINT_ID, outcome=failed["error_type"])
+        == 1
+    )
     assert moved(before, after, "flux2_queue_wait_seconds_count") == 3
     assert moved(before, after, "flux2_run_seconds_count") == 3
     assert moved(before, after, "flux2_batch_size_count", unit="requests") == 2
@@ -206,7 +210,7 @@ def test_safety_flags_are_counted(tmp_path: Path, check_inputs: bool, stage: str
     samples = parse(metrics.render().decode())
     flagged = 1 if stage == "input" else 2  # one reference in, two images out
     assert value(samples, "flux2_safety_flagged_total", stage=stage) == flagged
-    assert value(samples, "flux2_jobs_total", outcome="ok") == 1
+    assert value(samples, "flux2_jobs_total", endpoint=ENDPOINT_ID, outcome="ok") == 1
 
 
 @pytest.mark.slow
