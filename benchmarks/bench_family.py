@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -57,15 +56,31 @@ REAL_RANKS = (16, 64, 128, 256)
 
 
 def timed(call: Callable[[], Any], repeats: int) -> dict[str, float]:
-    """Median wall and CPU seconds of ``call`` over ``repeats`` runs (after one warm-up)."""
-    call()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        w, c = time.perf_counter(), time.process_time()
-        call()
-        wall.append(time.perf_counter() - w)
-        cpu.append(time.process_time() - c)
-    return {"wall_s": round(statistics.median(wall), 5), "cpu_s": round(statistics.median(cpu), 5)}
+    """Fastest wall and CPU seconds of ``call`` over ``repeats`` runs (after one warm-up): on
+    a shared machine the minimum is the least disturbed run."""
+    return interleaved({"only": (None, call)}, repeats)["only"]
+
+
+def interleaved(
+    cases: dict[str, tuple[Callable[[], Any] | None, Callable[[], Any]]], rounds: int
+) -> dict[str, dict[str, float]]:
+    """``{case: (prepare, call)}`` timed round-robin (a neighbour's load hits every case
+    alike); per case the fastest wall and CPU seconds of ``call``, ``prepare`` untimed."""
+    wall: dict[str, list[float]] = {name: [] for name in cases}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
+    for round_ in range(rounds + 1):
+        for name, (prepare, call) in cases.items():
+            if prepare is not None:
+                prepare()
+            w, c = time.perf_counter(), time.process_time()
+            call()
+            if round_:  # round 0 warms up
+                wall[name].append(time.perf_counter() - w)
+                cpu[name].append(time.process_time() - c)
+    return {
+        name: {"wall_s": round(min(wall[name]), 6), "cpu_s": round(min(cpu[name]), 6)}
+        for name in cases
+    }
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -96,9 +111,9 @@ class Tiny:
         )
         return out.images
 
-    def per_step(self, repeats: int) -> dict[str, float]:
-        total = timed(self.latents, repeats)
-        return {k: round(v / TURBO_STEPS, 6) for k, v in total.items()}
+
+def per_step(total: dict[str, float]) -> dict[str, float]:
+    return {k: round(v / TURBO_STEPS, 6) for k, v in total.items()}
 
 
 def base_weights(pipe: Any) -> dict[str, Any]:
@@ -123,56 +138,58 @@ def drift(pipe: Any, before: dict[str, Any]) -> dict[str, Any]:
 
 
 def turbo_options(model_dir: Path, turbo: Path, repeats: int, cycles: int) -> list[dict[str, Any]]:
-    """Part 1: fused, adapter and fuse/unfuse, on fresh pipelines."""
-    rows: list[dict[str, Any]] = []
-
-    tiny = Tiny(model_dir)
-    plain_step = tiny.per_step(repeats)
-    rows.append({"part": "turbo", "option": "no LoRA (reference)", **_step(plain_step)})
-
-    tiny = Tiny(model_dir)
+    """Part 1: fused, adapter and fuse/unfuse, each on its own pipeline."""
+    plain = Tiny(model_dir)
+    fused = Tiny(model_dir)
     mark = time.perf_counter()
-    tiny.pipe.load_lora_weights(str(turbo), adapter_name="turbo")
-    tiny.pipe.fuse_lora(adapter_names=["turbo"])
-    tiny.pipe.unload_lora_weights()
-    rows.append(
+    fused.pipe.load_lora_weights(str(turbo), adapter_name="turbo")
+    fused.pipe.fuse_lora(adapter_names=["turbo"])
+    fused.pipe.unload_lora_weights()
+    fuse_setup = time.perf_counter() - mark
+    adapter = Tiny(model_dir)
+    before = base_weights(adapter.pipe)
+    mark = time.perf_counter()
+    adapter.pipe.load_lora_weights(str(turbo), adapter_name="turbo")
+    adapter_setup = time.perf_counter() - mark
+
+    def turbo_on() -> None:
+        adapter.pipe.enable_lora()
+        adapter.pipe.set_adapters(["turbo"], [1.0])
+
+    steps = interleaved(
+        {
+            "plain": (None, plain.latents),
+            "fused": (None, fused.latents),
+            "adapter": (turbo_on, adapter.latents),
+            "adapter off": (adapter.pipe.disable_lora, adapter.latents),
+        },
+        repeats,
+    )
+    switching = interleaved(
+        {"on": (None, turbo_on), "off": (None, adapter.pipe.disable_lora)}, repeats * 10
+    )
+    reference = per_step(steps["plain"])
+    rows: list[dict[str, Any]] = [
+        {"part": "turbo", "option": "no LoRA (reference)", **_step(reference)},
         {
             "part": "turbo",
             "option": "fused at load (turbo only)",
-            "setup_s": round(time.perf_counter() - mark, 4),
-            "switch_s": None,
-            **_step(tiny.per_step(repeats), plain_step),
+            "setup_s": round(fuse_setup, 4),
+            **_step(per_step(steps["fused"]), reference),
             "base_exact": "n/a (base not served)",
-        }
-    )
-
-    tiny = Tiny(model_dir)
-    before = base_weights(tiny.pipe)
-    mark = time.perf_counter()
-    tiny.pipe.load_lora_weights(str(turbo), adapter_name="turbo")
-    setup = time.perf_counter() - mark
-
-    def switch() -> None:
-        tiny.pipe.disable_lora()
-        tiny.pipe.enable_lora()
-        tiny.pipe.set_adapters(["turbo"], [1.0])
-
-    switching = timed(switch, repeats * 5)
-    adapter_step = tiny.per_step(repeats)
-    tiny.pipe.disable_lora()
-    disabled_step = tiny.per_step(repeats)
-    rows.append(
+        },
         {
             "part": "turbo",
             "option": "adapter, switched per batch (chosen with both regimes)",
-            "setup_s": round(setup, 4),
-            "switch_s": round(switching["wall_s"] / 2, 6),
-            **_step(adapter_step, plain_step),
-            "base_step_cpu_s": disabled_step["cpu_s"],
-            "base_exact": drift(tiny.pipe, before)["weights_changed"] == 0,
-        }
-    )
-
+            "setup_s": round(adapter_setup, 4),
+            "switch_s": max(switching["on"]["wall_s"], switching["off"]["wall_s"]),
+            **_step(per_step(steps["adapter"]), reference),
+            "base_step_cpu_vs_plain": round(
+                steps["adapter off"]["cpu_s"] / steps["plain"]["cpu_s"], 3
+            ),
+            "base_exact": drift(adapter.pipe, before)["weights_changed"] == 0,
+        },
+    ]
     for dtype_name in ("float32", "bfloat16"):
         tiny = Tiny(model_dir)
         if dtype_name == "bfloat16":
@@ -189,7 +206,6 @@ def turbo_options(model_dir: Path, turbo: Path, repeats: int, cycles: int) -> li
             {
                 "part": "turbo",
                 "option": f"fuse/unfuse per switch ({dtype_name})",
-                "setup_s": None,
                 "switch_s": round(cycle / 2, 6),
                 "base_exact": moved["weights_changed"] == 0,
                 "cycles": cycles,
@@ -216,30 +232,44 @@ def lora_costs(
     from pipelines.types import LoraWeights
 
     tiny = Tiny(model_dir)
-    plain = tiny.per_step(repeats)
     cache = AdapterCache(tiny.pipe, max_bytes, torch.float32, linear_shapes(tiny.pipe.transformer))
     weights = [LoraWeights(f"{i:064x}", path, 0.8) for i, path in enumerate(loras, start=1)]
-    rows: list[dict[str, Any]] = []
     mark = time.perf_counter()
     cache.activate((), weights[:1])
-    rows.append({"part": "lora", "case": "cold load (read, check, load)",
-                 "seconds": round(time.perf_counter() - mark, 4)})  # fmt: skip
-
-    def cached() -> None:
-        cache.activate((), [])
-        cache.activate((), weights[:1])
-
-    rows.append({"part": "lora", "case": "cached activation (set_adapters)",
-                 "seconds": round(timed(cached, repeats * 5)["wall_s"] / 2, 6)})  # fmt: skip
-    rows.append({"part": "lora", "case": "no adapter", **_step(plain, plain)})
+    cold = time.perf_counter() - mark
+    switching = interleaved(
+        {
+            "off": (None, lambda: cache.activate((), [])),
+            "on": (None, lambda: cache.activate((), weights[:1])),
+        },
+        repeats * 10,
+    )
+    for lora in weights[1:]:
+        cache.activate((), [lora])  # loaded once, so the step timings below switch only
+    steps = interleaved(
+        {
+            str(count): (lambda n=count: cache.activate((), weights[:n]), tiny.latents)
+            for count in range(len(weights) + 1)
+        },
+        repeats,
+    )
+    reference = per_step(steps["0"])
+    rows: list[dict[str, Any]] = [
+        {"part": "lora", "case": "cold load (read, check, load)", "seconds": round(cold, 4)},
+        {
+            "part": "lora",
+            "case": "cached activation (set_adapters)",
+            "seconds": switching["on"]["wall_s"],
+        },
+        {"part": "lora", "case": "no adapter", **_step(reference, reference)},
+    ]
     for count in range(1, len(weights) + 1):
-        cache.activate((), weights[:count])
         rows.append(
             {
                 "part": "lora",
                 "case": f"{count} unfused adapter(s)",
-                **_step(tiny.per_step(repeats), plain),
-            }  # fmt: skip
+                **_step(per_step(steps[str(count)]), reference),
+            }
         )
     stats = cache.stats
     rows.append({"part": "lora", "case": "cache stats", "hits": stats.hits,
@@ -345,7 +375,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     from weights.tiny import build_tiny_checkpoint
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1)  # CPU time then means work done, not threads spinning
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="flux2-bench-family-") as tmp, LoadMonitor() as load:
         model_dir = build_tiny_checkpoint(Path(tmp) / "FLUX.2-dev")

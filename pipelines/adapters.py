@@ -233,6 +233,23 @@ class AdapterCache:
 
     # -- loading and activation (the engine's thread) ----------------------------------------
 
+    def load_pinned(self, name: str, path: Path) -> None:
+        """Load the adapter at ``path`` as ``name`` for good (one of ``pinned``), inactive.
+
+        Raises:
+            InvalidRequest: the file cannot be applied to this transformer.
+            GenerationFailed: diffusers failed to load it.
+        """
+        loaded = read_lora(path, self.shapes, pipeline_class=type(self.pipe))
+        try:
+            with _quiet_peft():
+                self._load(name, loaded)
+        except Exception as error:
+            self._forget(name)
+            raise GenerationFailed(f"cannot load LoRA {path.name}: {error}") from error
+        self._active = None
+        self.activate((), ())
+
     def activate(self, adapters: Sequence[tuple[str, float]], loras: Sequence[LoraWeights]) -> None:
         """Make exactly ``adapters`` (pinned ones, with their scales) and ``loras`` active.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from weights.loras import ATTENTION_LINEARS, build_lora, build_tiny_turbo_lora
 
 pytestmark = pytest.mark.slow
 
-REF_PIXELS = 64 * 64
+REF_PIXELS = 128 * 128
 SIZE = ImageSize(64, 64)
 BOTH = frozenset({"turbo", "base"})
 
@@ -72,15 +73,17 @@ def direct(family: Family) -> Flux2Pipeline:
     """The plain diffusers pipeline with the same adapters, loaded diffusers' own way."""
     pipe = Flux2Pipeline.from_pretrained(family.model, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(family.turbo), adapter_name=TURBO_ADAPTER)
-    pipe.load_lora_weights(
-        str(family.style.path.parent),
-        weight_name=family.style.path.name,
-        adapter_name=family.style.name,
-    )
-    pipe.load_lora_weights(  # no .safetensors suffix: hand diffusers the tensors
-        _tensors(family.detail.path), adapter_name=family.detail.name
-    )
+    with warnings.catch_warnings():  # PEFT warns about every adapter after the first
+        warnings.simplefilter("ignore", UserWarning)
+        pipe.load_lora_weights(str(family.turbo), adapter_name=TURBO_ADAPTER)
+        pipe.load_lora_weights(
+            str(family.style.path.parent),
+            weight_name=family.style.path.name,
+            adapter_name=family.style.name,
+        )
+        pipe.load_lora_weights(  # no .safetensors suffix: hand diffusers the tensors
+            _tensors(family.detail.path), adapter_name=family.detail.name
+        )
     return pipe
 
 
@@ -188,9 +191,7 @@ def test_lora_edit_parity_with_two_adapters(
     assert stats is not None and stats.entries >= 2 and stats.misses >= 2
 
 
-def test_regimes_and_adapter_sets_never_share_a_batch(
-    engine: Flux2Engine, family: Family
-) -> None:
+def test_regimes_and_adapter_sets_never_share_a_batch(engine: Flux2Engine, family: Family) -> None:
     batch = [
         request("turbo"),
         request("base", regime="base", steps=4),
@@ -273,9 +274,7 @@ def test_bad_loras_are_refused_and_the_engine_goes_on(
 
 
 def test_a_regime_the_server_does_not_serve_is_refused(family: Family) -> None:
-    engine = Flux2Engine(
-        Flux2EngineConfig(model_path=family.model, regimes=frozenset({"turbo"}))
-    )
+    engine = Flux2Engine(Flux2EngineConfig(model_path=family.model, regimes=frozenset({"turbo"})))
     engine.load()
     assert engine.turbo_mode is TurboMode.FUSED  # turbo alone: fused, as before
     with pytest.raises(InvalidRequest, match="base regime"):
@@ -290,7 +289,9 @@ def test_real_weights_without_the_turbo_lora_refuse_to_load(
     model = tmp_path / "FLUX.2-dev"
     shutil.copytree(tiny_checkpoint, model)
     config = model / "transformer" / "config.json"
-    config.write_text(config.read_text().replace('"num_single_layers": 2', '"num_single_layers": 48'))
+    config.write_text(
+        config.read_text().replace('"num_single_layers": 2', '"num_single_layers": 48')
+    )
     engine = Flux2Engine(Flux2EngineConfig(model_path=model, regimes=BOTH))
     with pytest.raises(WeightsError, match="flux2-edit weights download"):
         engine.load()
