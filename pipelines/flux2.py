@@ -30,7 +30,6 @@ until a GPU benchmark shows what each is worth; they are applied in :meth:`Flux2
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import logging
 import math
@@ -432,13 +431,13 @@ class Flux2Engine:
         sequence length, which later requests of any size reuse instead of compiling again.
         """
         started = time.perf_counter()
-        regime: Regime = "turbo" if "turbo" in self.config.regimes else "base"
         for request in warmup_requests(
-            self.config.reference_pixels, compile_blocks=self.config.compile_blocks
+            self.config.reference_pixels,
+            compile_blocks=self.config.compile_blocks,
+            regimes=self.config.regimes,
+            turbo_steps=self.num_steps,
         ):
-            # A base-only server warms up on as few steps as the turbo recipe takes.
-            steps = None if regime == "turbo" else self.num_steps
-            self.run([dataclasses.replace(request, regime=regime, steps=steps)])
+            self.run([request])
         logger.info("warm-up took %.1f s", time.perf_counter() - started)
 
     # -- running -----------------------------------------------------------------------------
@@ -877,8 +876,16 @@ def warmup_shapes(
     return shapes
 
 
-def warmup_requests(reference_pixels: int, *, compile_blocks: bool = False) -> list[EditRequest]:
-    """The edits :meth:`Flux2Engine.warmup` runs, one per :func:`warmup_shapes` entry."""
+def warmup_requests(
+    reference_pixels: int,
+    *,
+    compile_blocks: bool = False,
+    regimes: Collection[Regime] = frozenset({"turbo"}),
+    turbo_steps: int = 8,
+) -> list[EditRequest]:
+    """The edits :meth:`Flux2Engine.warmup` runs, one per :func:`warmup_shapes` entry: in the
+    turbo regime, or, on a server of the base regime alone, base edits of as few steps."""
+    turbo = "turbo" in regimes
     return [
         EditRequest(
             request_id="warmup",
@@ -887,6 +894,8 @@ def warmup_requests(reference_pixels: int, *, compile_blocks: bool = False) -> l
             size=ImageSize(output, output),
             seed=0,
             num_images=num_images,
+            regime="turbo" if turbo else "base",
+            steps=None if turbo else turbo_steps,
         )
         for output, reference_side, num_images in warmup_shapes(
             reference_pixels, compile_blocks=compile_blocks
