@@ -246,11 +246,12 @@ def lora_costs(
     )
     for lora in weights[1:]:
         cache.activate((), [lora])  # loaded once, so the step timings below switch only
+
+    def using(count: int) -> Callable[[], None]:
+        return lambda: cache.activate((), weights[:count])
+
     steps = interleaved(
-        {
-            str(count): (lambda n=count: cache.activate((), weights[:n]), tiny.latents)
-            for count in range(len(weights) + 1)
-        },
+        {str(count): (using(count), tiny.latents) for count in range(len(weights) + 1)},
         repeats,
     )
     reference = per_step(steps["0"])
@@ -284,7 +285,7 @@ def acceleration(model_dir: Path, repeats: int) -> list[dict[str, Any]]:
     from pipelines.acceleration import full_passes
     from pipelines.flux2 import Flux2Engine, Flux2EngineConfig
     from pipelines.sizes import ImageSize
-    from pipelines.types import EditRequest
+    from pipelines.types import Acceleration, EditRequest
 
     engine = Flux2Engine(Flux2EngineConfig(model_path=model_dir, regimes=frozenset({"base"})))
     engine.load()
@@ -293,7 +294,8 @@ def acceleration(model_dir: Path, repeats: int) -> list[dict[str, Any]]:
     for mode, images in (("text-to-image", ()), ("edit", (reference,))):
         outputs: dict[str, np.ndarray] = {}
         times: dict[str, dict[str, float]] = {}
-        for level in ("none", "regular", "high"):
+        levels: tuple[Acceleration, ...] = ("none", "regular", "high")
+        for level in levels:
             request = EditRequest(
                 request_id="bench",
                 prompt="a lighthouse at dusk",
@@ -303,7 +305,7 @@ def acceleration(model_dir: Path, repeats: int) -> list[dict[str, Any]]:
                 guidance_scale=4.0,
                 regime="base",
                 steps=BASE_STEPS,
-                acceleration=level,  # type: ignore[arg-type]
+                acceleration=level,
             )
             results: list[Any] = []
 

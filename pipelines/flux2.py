@@ -1,4 +1,4 @@
-"""The FLUX.2 [dev] edit engine on diffusers ``Flux2Pipeline``, with a flash step schedule.
+"""The FLUX.2 [dev] engine on diffusers ``Flux2Pipeline``: edits and text-to-image, two regimes.
 
 Why not just call ``pipe(...)``? One ``__call__`` shares its reference images across the whole
 batch (``prepare_image_latents`` repeats them), so it cannot serve several requests that edit
@@ -19,6 +19,16 @@ Other departures from ``__call__``, each deliberate:
   is never decoded (``pipe._interrupt`` would still decode);
 * prompt expansion calls ``upsample_prompt(prompt, images=[refs])`` itself, working around the
   multi-image bug of diffusers 0.42.1 (``__call__`` passes a flat list).
+
+The FLUX.2 family on one set of weights (issue 13). A request without references is
+text-to-image: the transformer then sees the target tokens alone, as ``__call__`` without
+``image``. Its ``regime`` picks the schedule and adapters (:mod:`pipelines.regimes`): ``turbo``,
+the Turbo LoRA recipe; ``base``, FLUX.2 [dev]'s own schedule with the request's step count and
+no Turbo LoRA. Request LoRAs are loaded through diffusers' LoRA API into an LRU on the device
+and made active per sub-batch with ``set_adapters`` (:mod:`pipelines.adapters`); the base
+regime's ``acceleration`` wraps the denoising loop (:mod:`pipelines.acceleration`). Requests of
+different regimes, step counts, levels or adapter sets never share a sub-batch (their
+``batch_key`` differs); parity with ``Flux2Pipeline`` holding the same adapters is tested.
 
 Where the weights live is planned at load time (:mod:`pipelines.memory`: ``resident``,
 ``offload_text_encoder``, ``model_offload`` or ``cpu``, from the GPU's free memory and the
