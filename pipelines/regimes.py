@@ -55,6 +55,11 @@ def turbo_lora_path(model_path: Path, explicit: Path | None) -> Path | None:
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise WeightsError(f"the Turbo LoRA file {path} (FLUX2_LORA_PATH) does not exist")
+        # diffusers unpickles any weight_name not ending in .safetensors, use_safetensors or not.
+        if path.suffix != ".safetensors":
+            raise WeightsError(
+                f"the Turbo LoRA file {path} is not a .safetensors file; only those are loaded"
+            )
         return path
     return find_lora(Path(model_path))
 
