@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.install-stamp
-PYTEST_ARGS ?=
+# The suite runs on every core (pytest-xdist; each test file stays on one worker, so its
+# module-scoped servers start once). PYTEST_ARGS="-n 0" runs it in one process.
+PYTEST_ARGS ?= -n auto --dist loadfile
 BENCH_ARGS  ?=
 GPU_CHECK_ARGS ?=
 

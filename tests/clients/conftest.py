@@ -3,6 +3,7 @@ node with the pinned ``@fal-ai/client``."""
 
 from __future__ import annotations
 
+import fcntl
 import re
 import shutil
 import subprocess
@@ -65,26 +66,29 @@ def node() -> str:
     match = re.match(r"v(\d+)\.", version)
     if match is None or int(match.group(1)) < MIN_NODE_MAJOR:
         pytest.skip(f"node {version} is too old: the @fal-ai/client tests need Node.js >= 20")
-    if installed_client_version() != pinned_client_version():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail(f"npm is missing: cannot install the pinned @fal-ai/client in {JS_DIR}")
-        try:
-            proc = subprocess.run(
-                [npm, "ci", "--no-audit", "--no-fund"],
-                cwd=JS_DIR,
-                capture_output=True,
-                text=True,
-                timeout=NPM_TIMEOUT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            output = text_of(exc.stdout) + text_of(exc.stderr)
-            pytest.fail(f"npm ci in {JS_DIR} timed out after {NPM_TIMEOUT_S} s:\n{output}")
-        if proc.returncode != 0:
-            output = f"{proc.stdout}\n{proc.stderr}"
-            pytest.fail(f"npm ci in {JS_DIR} failed (rc {proc.returncode}):\n{output}")
-        installed, pinned = installed_client_version(), pinned_client_version()
-        if installed != pinned:
-            pytest.fail(f"npm ci installed @fal-ai/client {installed}, not {pinned}")
+    # pytest-xdist runs a session per worker: one installs, the others wait and find it done.
+    with (JS_DIR / ".npm-install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if installed_client_version() != pinned_client_version():
+            npm = shutil.which("npm")
+            if npm is None:
+                pytest.fail(f"npm is missing: cannot install the pinned @fal-ai/client in {JS_DIR}")
+            try:
+                proc = subprocess.run(
+                    [npm, "ci", "--no-audit", "--no-fund"],
+                    cwd=JS_DIR,
+                    capture_output=True,
+                    text=True,
+                    timeout=NPM_TIMEOUT_S,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as exc:
+                output = text_of(exc.stdout) + text_of(exc.stderr)
+                pytest.fail(f"npm ci in {JS_DIR} timed out after {NPM_TIMEOUT_S} s:\n{output}")
+            if proc.returncode != 0:
+                output = f"{proc.stdout}\n{proc.stderr}"
+                pytest.fail(f"npm ci in {JS_DIR} failed (rc {proc.returncode}):\n{output}")
+            installed, pinned = installed_client_version(), pinned_client_version()
+            if installed != pinned:
+                pytest.fail(f"npm ci installed @fal-ai/client {installed}, not {pinned}")
     return exe
