@@ -26,7 +26,14 @@ from typing import Any
 from benchmarks import plot
 from benchmarks.common import REPO_ROOT, RESULTS_DIR, git_info, write_json
 
-SCRIPTS = ("bench_service", "bench_batching", "bench_prompt_cache", "bench_api_load", "bench_gpu")
+SCRIPTS = (
+    "bench_service",
+    "bench_batching",
+    "bench_prompt_cache",
+    "bench_family",
+    "bench_api_load",
+    "bench_gpu",
+)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The FLUX.2 [dev] edit engine on diffusers ``Flux2Pipeline``, with a flash step schedule.
+"""The FLUX.2 [dev] engine on diffusers ``Flux2Pipeline``: edits and text-to-image, two regimes.
 
 Why not just call ``pipe(...)``? One ``__call__`` shares its reference images across the whole
 batch (``prepare_image_latents`` repeats them), so it cannot serve several requests that edit
@@ -20,6 +20,16 @@ Other departures from ``__call__``, each deliberate:
 * prompt expansion calls ``upsample_prompt(prompt, images=[refs])`` itself, working around the
   multi-image bug of diffusers 0.42.1 (``__call__`` passes a flat list).
 
+The FLUX.2 family on one set of weights (issue 13). A request without references is
+text-to-image: the transformer then sees the target tokens alone, as ``__call__`` without
+``image``. Its ``regime`` picks the schedule and adapters (:mod:`pipelines.regimes`): ``turbo``,
+the Turbo LoRA recipe; ``base``, FLUX.2 [dev]'s own schedule with the request's step count and
+no Turbo LoRA. Request LoRAs are loaded through diffusers' LoRA API into an LRU on the device
+and made active per sub-batch with ``set_adapters`` (:mod:`pipelines.adapters`); the base
+regime's ``acceleration`` wraps the denoising loop (:mod:`pipelines.acceleration`). Requests of
+different regimes, step counts, levels or adapter sets never share a sub-batch (their
+``batch_key`` differs); parity with ``Flux2Pipeline`` holding the same adapters is tested.
+
 Where the weights live is planned at load time (:mod:`pipelines.memory`: ``resident``,
 ``offload_text_encoder``, ``model_offload`` or ``cpu``, from the GPU's free memory and the
 checkpoint's component sizes, or set by ``memory_profile``). The fast paths (attention backend,
@@ -39,7 +49,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers import Flux2Pipeline
 from diffusers.pipelines.flux2.pipeline_flux2 import compute_empirical_mu, retrieve_timesteps
@@ -54,6 +63,8 @@ from core.errors import (
     WeightsError,
 )
 from pipelines import previews
+from pipelines.acceleration import accelerated
+from pipelines.adapters import AdapterCache, linear_shapes
 from pipelines.memory import (
     ENCODE_ONLY_TEXT_LAYERS,
     ComponentSizes,
@@ -65,13 +76,25 @@ from pipelines.memory import (
 )
 from pipelines.prompt_cache import CacheStats, PromptEmbeddingCache
 from pipelines.references import resize_reference
+from pipelines.regimes import (
+    TURBO_ADAPTER,
+    TurboMode,
+    check_regime,
+    require_turbo_lora,
+    sigmas_for,
+    turbo_lora_path,
+    turbo_mode,
+)
 from pipelines.schedules import SCHEDULES, FlashSchedule
 from pipelines.sizes import DEFAULT_PRESET, PRESETS, REFERENCE_PIXELS, ImageSize
 from pipelines.types import (
+    Acceleration,
     CancelCheck,
     EditRequest,
     EditResult,
+    LoraWeights,
     Preview,
+    Regime,
     StepCallback,
     StepEvent,
     preview_plan,
@@ -97,9 +120,14 @@ class Flux2EngineConfig:
         model_path: a local diffusers-layout checkpoint directory (never a hub id).
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         dtype: ``auto`` (bfloat16 on CUDA, float32 on CPU), ``float32``, ``bfloat16``, ``float16``.
-        lora_path: optional distilled LoRA file (e.g. ``flux.2-turbo-lora.safetensors``), fused
-            into the transformer at load time and then unloaded.
-        lora_scale: the fused LoRA's weight.
+        lora_path: the Turbo LoRA file (``flux.2-turbo-lora.safetensors``); None: the one
+            ``flux2-edit weights download`` put beside the model, if any
+            (:mod:`pipelines.regimes`). Fused at load time when ``regimes`` is ``{"turbo"}``,
+            else kept as an adapter switched on for turbo batches.
+        lora_scale: the Turbo LoRA's weight.
+        regimes: the denoising regimes served (``turbo``, ``base``); requests of another are
+            refused. On real weights ``turbo`` needs the Turbo LoRA.
+        adapter_cache_bytes: device memory for request LoRAs kept loaded between batches.
         schedule: the flash step schedule.
         reference_pixels: reference images are resized to about this many pixels.
         expansion_temperature: sampling temperature of prompt expansion.
@@ -127,6 +155,8 @@ class Flux2EngineConfig:
     dtype: str = "auto"
     lora_path: Path | None = None
     lora_scale: float = 1.0
+    regimes: frozenset[Regime] = frozenset({"turbo", "base"})
+    adapter_cache_bytes: int = 2 * 1024 * 1024 * 1024
     schedule: FlashSchedule = field(default_factory=lambda: SCHEDULES["turbo"])
     reference_pixels: int = REFERENCE_PIXELS
     expansion_temperature: float = 0.15
@@ -186,6 +216,9 @@ class Denoising:
     mu: float
     prompts_used: list[str] = field(default_factory=list)
     timesteps: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    #: Step caching extrapolates whole-batch tensors: cancelled rows then stay until the loop
+    #: ends (their results are still dropped at once, and never decoded).
+    keep_rows: bool = False
 
 
 def wanted_by(
@@ -211,6 +244,8 @@ class Flux2Engine:
         self._pipe: Flux2Pipeline | None = None
         self.prompt_cache = PromptEmbeddingCache(config.prompt_cache_bytes)
         self.plan: Plan | None = None
+        self.adapters: AdapterCache | None = None  # once loaded
+        self.turbo_mode = TurboMode.NONE
         self.attention_backend: str | None = None  # the one set, once loaded
         # Where the text encoder runs and where everything else computes: they differ when the
         # text encoder is offloaded (pipe._execution_device then names the GPU, which is wrong
@@ -224,6 +259,18 @@ class Flux2Engine:
 
     def prompt_cache_stats(self) -> CacheStats | None:
         return self.prompt_cache.stats
+
+    def adapter_cache_stats(self) -> CacheStats | None:
+        """Counters of the request-LoRA cache (hits, misses, bytes); None before loading."""
+        return self.adapters.stats if self.adapters is not None else None
+
+    def check_lora(self, lora: LoraWeights) -> None:
+        """Raise :class:`InvalidRequest` when ``lora`` cannot be applied to this model (not
+        safetensors, unreadable, keys or shapes for another model: see
+        :func:`pipelines.adapters.read_lora`). Safe to call while :meth:`run` runs."""
+        if self.adapters is None:
+            raise GenerationFailed("the FLUX.2 engine is not loaded; call load() first")
+        self.adapters.check(lora)
 
     @property
     def pipe(self) -> Flux2Pipeline:
@@ -254,6 +301,14 @@ class Flux2Engine:
         _check_quantize(config.quantize, self.device)
         if config.attention_backend not in (None, AUTO):
             _check_attention_backend(config.attention_backend, self.device, self.dtype)
+        turbo = turbo_lora_path(path, config.lora_path)
+        require_turbo_lora(path, config.regimes, config.schedule, turbo)
+        self.turbo_mode = mode = turbo_mode(config.regimes, turbo)
+        if mode is TurboMode.ADAPTER and config.fuse_qkv:
+            raise ConfigError(
+                "fuse_qkv needs the Turbo LoRA fused, which only a server of the flash/turbo "
+                "endpoints alone does: turn FLUX2_FUSE_QKV off, or serve one regime"
+            )
         self.plan = memory_plan = self._plan(path, override)
         log = logger.info if memory_plan.fits else logger.warning
         log("memory profile %s: %s", memory_plan.profile.value, memory_plan.reason)
@@ -274,12 +329,13 @@ class Flux2Engine:
         profile = memory_plan.profile
         if profile in (MemoryProfile.RESIDENT, MemoryProfile.OFFLOAD_TEXT_ENCODER):
             pipe.transformer.to(self.device)
-        if config.lora_path is not None:
-            _fuse_lora(pipe, Path(config.lora_path), config.lora_scale)
+        if mode is TurboMode.FUSED and turbo is not None:
+            _fuse_lora(pipe, turbo, config.lora_scale)
         if config.fuse_qkv:
             _fuse_qkv(pipe.transformer)
         if config.quantize == "fp8":
             _quantize_fp8(pipe.transformer, self.device)
+        self.adapters = self._adapter_cache(pipe, turbo if mode is TurboMode.ADAPTER else None)
         if profile is MemoryProfile.OFFLOAD_TEXT_ENCODER:
             pipe.vae.to(self.device)
             self._text_device = torch.device("cpu")
@@ -311,6 +367,22 @@ class Flux2Engine:
             "".join(f", {name}" for name in self.fast_paths),
             time.perf_counter() - started,
         )
+
+    def _adapter_cache(self, pipe: Flux2Pipeline, turbo: Path | None) -> AdapterCache:
+        """The LoRA cache on the (placed) transformer, holding the Turbo LoRA unfused when the
+        server serves both regimes."""
+        shapes = linear_shapes(pipe.transformer)  # before any adapter wraps a layer
+        pinned = (TURBO_ADAPTER,) if turbo is not None else ()
+        cache = AdapterCache(
+            pipe, self.config.adapter_cache_bytes, self.dtype, shapes, pinned=pinned
+        )
+        if turbo is not None:
+            try:
+                cache.load_pinned(TURBO_ADAPTER, turbo)
+            except Flux2Error as exc:
+                raise WeightsError(f"cannot load the Turbo LoRA {turbo}: {exc.message}") from exc
+            logger.info("Turbo LoRA %s kept as an adapter (both regimes served)", turbo)
+        return cache
 
     @property
     def fast_paths(self) -> tuple[str, ...]:
@@ -351,7 +423,7 @@ class Flux2Engine:
             override=override,
             fp8=self.config.quantize == "fp8",
             encode_only_text_encoder=not self.config.allow_prompt_expansion,
-            extra_bytes=self.config.prompt_cache_bytes,
+            extra_bytes=self.config.prompt_cache_bytes + self.config.adapter_cache_bytes,
         )
 
     def warmup(self) -> None:
@@ -370,7 +442,10 @@ class Flux2Engine:
         """
         started = time.perf_counter()
         for request in warmup_requests(
-            self.config.reference_pixels, compile_blocks=self.config.compile_blocks
+            self.config.reference_pixels,
+            compile_blocks=self.config.compile_blocks,
+            regimes=self.config.regimes,
+            turbo_steps=self.num_steps,
         ):
             self.run([request])
         logger.info("warm-up took %.1f s", time.perf_counter() - started)
@@ -390,26 +465,72 @@ class Flux2Engine:
                     loc=("body", "enable_prompt_expansion"),
                     input=True,
                 )
+            self._check_request(request)
         groups: dict[tuple[object, ...], list[int]] = {}
         for index, request in enumerate(batch):  # raises for an unusable reference
             key = request.batch_key(self.config.reference_pixels)
             groups.setdefault(key, []).append(index)
         results: dict[int, EditResult] = {}
-        for indices in groups.values():
-            group = [batch[i] for i in indices]
-            try:
-                outcome = self._run_group(group, on_step, should_cancel)
-            except torch.OutOfMemoryError as exc:
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                raise OutOfMemory(f"CUDA error: out of memory ({len(group)} requests)") from exc
-            except Flux2Error:
-                raise
-            except Exception as exc:
-                logger.exception("FLUX.2 failed on %s", [r.request_id for r in group])
-                raise GenerationFailed(f"generation failed: {exc}") from exc
-            results.update(zip(indices, outcome, strict=True))
+        try:
+            for indices in groups.values():
+                group = [batch[i] for i in indices]
+                outcome = self._run_one(group, on_step, should_cancel)
+                results.update(zip(indices, outcome, strict=True))
+        finally:
+            if self.adapters is not None:
+                self.adapters.trim()
         return [results[i] for i in range(len(batch))]
+
+    def _run_one(
+        self,
+        group: list[EditRequest],
+        on_step: StepCallback | None,
+        should_cancel: CancelCheck | None,
+    ) -> list[EditResult]:
+        """One sub-batch (one batch key) with its adapters active; errors as ``run`` raises."""
+        try:
+            self._activate(group[0])
+            return self._run_group(group, on_step, should_cancel)
+        except torch.OutOfMemoryError as exc:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise OutOfMemory(f"CUDA error: out of memory ({len(group)} requests)") from exc
+        except Flux2Error:
+            raise
+        except Exception as exc:
+            logger.exception("FLUX.2 failed on %s", [r.request_id for r in group])
+            raise GenerationFailed(f"generation failed: {exc}") from exc
+
+    def _check_request(self, request: EditRequest) -> None:
+        """What this engine serves: the regime, its steps, and LoRAs it can apply.
+
+        Raises:
+            InvalidRequest: before any model work; a LoRA's problem is reported at
+                ``["body", "loras", i, "path"]``.
+        """
+        check_regime(request, self.config.regimes, self.config.schedule)
+        for i, lora in enumerate(request.loras):
+            try:
+                self.check_lora(lora)
+            except InvalidRequest as exc:
+                raise InvalidRequest(
+                    exc.message, loc=("body", "loras", i, "path"), input=str(lora.path)
+                ) from exc
+
+    def _activate(self, request: EditRequest) -> None:
+        """The adapters of ``request``'s batch key: the Turbo LoRA for the turbo regime (when it
+        is kept unfused), then the request's own LoRAs at their scales; none for plain base."""
+        if self.adapters is None:
+            return
+        pinned: tuple[tuple[str, float], ...] = ()
+        if request.regime == "turbo" and self.turbo_mode is TurboMode.ADAPTER:
+            pinned = ((TURBO_ADAPTER, self.config.lora_scale),)
+        self.adapters.activate(pinned, request.loras)
+
+    def acceleration_of(self, request: EditRequest) -> Acceleration:
+        """The acceleration level a request runs at: its own in the base regime; ``regular``
+        (the operator's fast paths, no step caching) in the turbo regime."""
+        return request.acceleration if request.regime == "base" else "regular"
 
     @torch.no_grad()
     def _run_group(
@@ -422,10 +543,15 @@ class Flux2Engine:
         timings: dict[str, float] = {}
         work = self._prepare(requests, timings)  # steps 1-6
 
-        # 7. Denoising loop, dropping cancelled requests before every step.
+        # 7. Denoising loop, dropping cancelled requests before every step (all at their
+        #    acceleration level: pipelines/acceleration.py).
         mark = time.perf_counter()
         stepped = self._reporter(requests, work, on_step)
-        alive = self._denoise(work, wanted_by(requests, should_cancel), stepped)
+        level = self.acceleration_of(requests[0])
+        transformer = self.pipe.transformer
+        with accelerated(transformer, level, work.steps, self.attention_backend) as cached:
+            work.keep_rows = cached
+            alive = self._denoise(work, wanted_by(requests, should_cancel), stepped)
         timings["denoise"] = time.perf_counter() - mark
         return self._finish(requests, work, alive, timings, started)  # step 8
 
@@ -453,7 +579,8 @@ class Flux2Engine:
         prompt_embeds = torch.cat([embeddings[prompts_used[i]][0] for i in owners])
         text_ids = torch.cat([embeddings[prompts_used[i]][1] for i in owners])
 
-        # 4. Reference latents, encoded per request and repeated per output image.
+        # 4. Reference latents, encoded per request and repeated per output image (none for
+        #    text-to-image: a batch key holds only one kind).
         image_parts = [
             pipe.prepare_image_latents(
                 images=refs,
@@ -463,6 +590,7 @@ class Flux2Engine:
                 dtype=pipe.vae.dtype,
             )
             for request, refs in zip(requests, references, strict=True)
+            if refs
         ]
         timings["encode"] = time.perf_counter() - mark
 
@@ -486,8 +614,14 @@ class Flux2Engine:
             owners=owners,
             latents=latents,
             latent_ids=latent_ids,
-            image_latents=torch.cat([part[0] for part in image_parts]),
-            image_ids=torch.cat([part[1] for part in image_parts]),
+            # Text-to-image: no reference tokens, so the transformer sees the target tokens
+            # alone, exactly as __call__ without ``image``.
+            image_latents=torch.cat([part[0] for part in image_parts])
+            if image_parts
+            else latents.new_zeros(len(owners), 0, latents.shape[2]),
+            image_ids=torch.cat([part[1] for part in image_parts])
+            if image_parts
+            else latent_ids.new_zeros(len(owners), 0, latent_ids.shape[2]),
             prompt_embeds=prompt_embeds,
             text_ids=text_ids,
             guidance=torch.tensor(
@@ -495,14 +629,9 @@ class Flux2Engine:
             ),
         )
 
-        # 6. Timesteps: the schedule's sigmas *and* its step count, as the Turbo recipe passes.
-        schedule = self.config.schedule
-        steps = schedule.num_inference_steps
-        sigmas = (
-            list(schedule.sigmas)
-            if schedule.sigmas is not None
-            else np.linspace(1.0, 1 / steps, steps).tolist()
-        )
+        # 6. Timesteps. turbo: the flash schedule's sigmas *and* its step count, as the Turbo
+        #    recipe passes them; base: __call__'s default sigmas for the request's step count.
+        steps, sigmas = sigmas_for(requests[0], self.config.schedule)
         mu = compute_empirical_mu(image_seq_len=latents.shape[1], num_steps=steps)
         work = Denoising(len(requests), rows, steps, sigmas, float(mu), prompts_used)
         self._set_timesteps(work)
@@ -539,7 +668,8 @@ class Flux2Engine:
             alive = decide(alive)
             if not alive:
                 return alive
-            rows.keep(alive)
+            if not work.keep_rows:
+                rows.keep(alive)
             before = rows.latents
             rows.latents = self._step(pipe, rows, t)
             if stepped is not None:
@@ -612,7 +742,7 @@ class Flux2Engine:
             torch.manual_seed(request.seed)
             expanded = self.pipe.upsample_prompt(
                 request.prompt,
-                images=[pil_refs],
+                images=[pil_refs] if pil_refs else None,  # None: the text-to-image prompt
                 temperature=self.config.expansion_temperature,
                 device=self._text_device,
             )
@@ -756,8 +886,16 @@ def warmup_shapes(
     return shapes
 
 
-def warmup_requests(reference_pixels: int, *, compile_blocks: bool = False) -> list[EditRequest]:
-    """The edits :meth:`Flux2Engine.warmup` runs, one per :func:`warmup_shapes` entry."""
+def warmup_requests(
+    reference_pixels: int,
+    *,
+    compile_blocks: bool = False,
+    regimes: Collection[Regime] = frozenset({"turbo"}),
+    turbo_steps: int = 8,
+) -> list[EditRequest]:
+    """The edits :meth:`Flux2Engine.warmup` runs, one per :func:`warmup_shapes` entry: in the
+    turbo regime, or, on a server of the base regime alone, base edits of as few steps."""
+    turbo = "turbo" in regimes
     return [
         EditRequest(
             request_id="warmup",
@@ -766,6 +904,8 @@ def warmup_requests(reference_pixels: int, *, compile_blocks: bool = False) -> l
             size=ImageSize(output, output),
             seed=0,
             num_images=num_images,
+            regime="turbo" if turbo else "base",
+            steps=None if turbo else turbo_steps,
         )
         for output, reference_side, num_images in warmup_shapes(
             reference_pixels, compile_blocks=compile_blocks

@@ -25,6 +25,7 @@ text encoder) and in the decode only fail the batch, as in the one-process engin
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -36,17 +37,25 @@ from contextlib import suppress
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch.distributed import TCPStore  # type: ignore[attr-defined]
 
-from core.errors import ConfigError, Flux2Error, GenerationFailed, WorkerDead
+from core.errors import ConfigError, Flux2Error, GenerationFailed, InvalidRequest, WorkerDead
 from pipelines import ranks
 from pipelines.flux2 import Flux2EngineConfig, warmup_requests
 from pipelines.layout import ParallelLayout
 from pipelines.prompt_cache import CacheStats
-from pipelines.types import CancelCheck, EditRequest, EditResult, StepCallback
+from pipelines.regimes import (
+    TurboMode,
+    check_regime,
+    require_turbo_lora,
+    turbo_lora_path,
+    turbo_mode,
+)
+from pipelines.types import CancelCheck, EditRequest, EditResult, LoraWeights, StepCallback
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +113,25 @@ class ParallelEngine:
         """Rank 0's prompt cache, as of the last batch."""
         return self._cache_stats
 
+    def adapter_cache_stats(self) -> CacheStats | None:
+        """None: a group runs no request LoRAs (see :meth:`check_lora`)."""
+        return None
+
+    def check_lora(self, lora: LoraWeights) -> None:
+        """Request LoRAs are refused on a group: every rank would have to load each adapter
+        into its share of the transformer (tensor parallelism splits the very layers a LoRA
+        targets); one-process engines serve them.
+
+        Raises:
+            InvalidRequest: always.
+        """
+        raise InvalidRequest(
+            f"LoRAs are not served by this server (one request runs on {self.layout.degree} "
+            f"GPUs, parallel={self.layout}); send them to a server without FLUX2_PARALLEL",
+            type="value_error",
+            input=str(lora.path),
+        )
+
     @property
     def pids(self) -> list[int]:
         """The rank processes, rank 0 first."""
@@ -121,6 +149,7 @@ class ParallelEngine:
             WeightsError: a rank could not read the checkpoint.
             WorkerDead: a rank died while loading.
         """
+        self.config = self._with_turbo_lora(self.config)
         visible = self._visible_gpus()
         started = time.perf_counter()
         self._store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
@@ -155,6 +184,28 @@ class ParallelEngine:
         )
         self.reports = self._wait_until_loaded()
         self._log_plan(time.perf_counter() - started)
+
+    @staticmethod
+    def _with_turbo_lora(config: Flux2EngineConfig) -> Flux2EngineConfig:
+        """The configuration the ranks load: the Turbo LoRA found (beside the model, or given)
+        and fused, or none. A group holds the Turbo LoRA fused, so it serves one regime when
+        there is one (real weights refuse the turbo regime without it, as a single engine).
+
+        Raises:
+            ConfigError: both regimes asked for with a Turbo LoRA.
+            WeightsError: real weights, the turbo regime and no Turbo LoRA.
+        """
+        path = Path(config.model_path)
+        turbo = turbo_lora_path(path, config.lora_path)
+        require_turbo_lora(path, config.regimes, config.schedule, turbo)
+        mode = turbo_mode(config.regimes, turbo)
+        if mode is TurboMode.ADAPTER:
+            raise ConfigError(
+                "a parallel group serves either the flash/turbo endpoints (the Turbo LoRA fused) "
+                "or the base ones, not both: set FLUX2_ENDPOINTS to one kind, or run the other "
+                "kind on a server without FLUX2_PARALLEL"
+            )
+        return dataclasses.replace(config, lora_path=turbo if mode is TurboMode.FUSED else None)
 
     def _visible_gpus(self) -> str | None:
         """``CUDA_VISIBLE_DEVICES`` for the ranks, or None on the CPU."""
@@ -216,7 +267,10 @@ class ParallelEngine:
         """The one-process engine's warm-up edits, run by the group."""
         started = time.perf_counter()
         for request in warmup_requests(
-            self.config.reference_pixels, compile_blocks=self.config.compile_blocks
+            self.config.reference_pixels,
+            compile_blocks=self.config.compile_blocks,
+            regimes=self.config.regimes,
+            turbo_steps=self.num_steps,
         ):
             self.run([request])
         logger.info("parallel %s: warm-up took %.1f s", self.layout, time.perf_counter() - started)
@@ -249,6 +303,8 @@ class ParallelEngine:
             raise WorkerDead(f"parallel {self.layout} is down: {self.dead}")
         if not self._ranks:
             raise GenerationFailed("the parallel engine is not loaded; call load() first")
+        for request in batch:
+            self._check_request(request)
         leader = self._ranks[0].conn
         try:
             for follower in self._ranks[1:]:
@@ -278,6 +334,29 @@ class ParallelEngine:
                 raise message[1]
             else:  # "fatal", or anything unexpected
                 raise self._down(self._cause(index, message))
+
+    def _check_request(self, request: EditRequest) -> None:
+        """What a group cannot run is refused before the ranks see it: LoRAs, step caching,
+        and regimes it does not serve.
+
+        ``acceleration: none`` runs like ``regular`` on a group: the ranks' attention backend
+        must split attention across GPUs, and a computation spread over ranks is not the
+        one-process diffusers computation bit for bit anyway (docs/operations.md).
+
+        Raises:
+            InvalidRequest: naming the field.
+        """
+        check_regime(request, self.config.regimes, self.config.schedule)
+        if request.loras:
+            self.check_lora(request.loras[0])
+        if request.regime == "base" and request.acceleration == "high":
+            raise InvalidRequest(
+                f"acceleration 'high' (step caching) is not available when one request runs "
+                f"on several GPUs (parallel={self.layout}); use 'regular'",
+                loc=("body", "acceleration"),
+                type="value_error",
+                input="high",
+            )
 
     def set_profiling(self, on: bool) -> None:
         """Time the collectives of the next batches with the torch profiler (benchmarks)."""

@@ -48,7 +48,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", help="checkpoint directory, or 'tiny' (FLUX2_MODEL)")
     group.add_argument("--device", help="auto, cpu, cuda or cuda:N (FLUX2_DEVICE)")
     group.add_argument("--dtype", help="auto, float32, bfloat16 or float16 (FLUX2_DTYPE)")
-    group.add_argument("--lora", help="distilled LoRA file to fuse (FLUX2_LORA_PATH)")
+    group.add_argument("--lora", help="the Turbo LoRA (FLUX2_LORA_PATH; default: beside the model)")
     group.add_argument("--lora-scale", type=float, help="weight of the LoRA (FLUX2_LORA_SCALE)")
     group.add_argument("--schedule", help="turbo, dev-28, dev-50 or sigmas (FLUX2_SCHEDULE)")
     group.add_argument("--reference-pixels", type=int, help="reference images resized to ~N pixels")

@@ -8,12 +8,14 @@ from typing import TYPE_CHECKING
 
 from core.errors import ConfigError
 from pipelines.schedules import parse_schedule
+from service.endpoints import regimes_of
 from service.settings import EngineSettings, Settings
 
 if TYPE_CHECKING:
     from pipelines.flux2 import Flux2EngineConfig
     from pipelines.parallel import ParallelEngine
     from pipelines.protocol import EditEngine
+    from pipelines.types import Regime
 
 TINY = "tiny"
 
@@ -33,8 +35,13 @@ def resolve_model_path(settings: Settings, progress: Callable[[str], None] | Non
     return Path(model).expanduser()
 
 
-def engine_config(engine: EngineSettings, model_path: Path) -> Flux2EngineConfig:
-    """The FLUX.2 engine configuration the engine settings describe, for ``model_path``.
+def engine_config(
+    engine: EngineSettings,
+    model_path: Path,
+    regimes: frozenset[Regime] = frozenset({"turbo", "base"}),
+) -> Flux2EngineConfig:
+    """The FLUX.2 engine configuration the engine settings describe, for ``model_path`` and the
+    ``regimes`` the enabled endpoints need (:func:`service.endpoints.regimes_of`).
 
     The one place engine settings become the engine's own configuration (the engine, a lower
     layer, does not know the service's settings)."""
@@ -42,6 +49,7 @@ def engine_config(engine: EngineSettings, model_path: Path) -> Flux2EngineConfig
 
     return Flux2EngineConfig(
         model_path=model_path,
+        regimes=regimes,
         device=engine.device,
         dtype=engine.dtype,
         lora_path=engine.lora_path,
@@ -49,6 +57,7 @@ def engine_config(engine: EngineSettings, model_path: Path) -> Flux2EngineConfig
         schedule=parse_schedule(engine.schedule),
         reference_pixels=engine.reference_pixels,
         prompt_cache_bytes=engine.prompt_cache_mb * 1024 * 1024,
+        adapter_cache_bytes=engine.adapter_cache_mb * 1024 * 1024,
         memory_profile=engine.memory_profile,
         attention_backend=engine.attention_backend,
         fuse_qkv=engine.fuse_qkv,
@@ -65,7 +74,8 @@ def create_engine(settings: Settings, progress: Callable[[str], None] | None = N
     from pipelines.layout import parse_gpus, parse_layout
 
     quiet_libraries()
-    config = engine_config(settings.engine, resolve_model_path(settings, progress))
+    regimes = regimes_of(settings.serving.enabled())
+    config = engine_config(settings.engine, resolve_model_path(settings, progress), regimes)
     layout = parse_layout(settings.engine.parallel)
     engine: Flux2Engine | ParallelEngine
     if layout is None:

@@ -71,9 +71,11 @@ class EngineSettings(_Group):
     dtype: DType = Field(default="auto", description="auto = bfloat16 on CUDA, float32 on CPU.")
     lora_path: Path | None = Field(
         default=None,
-        description="Distilled LoRA file fused at load time, e.g. flux.2-turbo-lora.safetensors.",
+        description="The Turbo LoRA (flux.2-turbo-lora.safetensors) of the flash/turbo "
+        "endpoints; unset: the one 'flux2-edit weights download' put beside the model. Fused "
+        "when only those endpoints are served, else switched on per batch.",
     )
-    lora_scale: float = Field(default=1.0, description="Weight of the fused LoRA.")
+    lora_scale: float = Field(default=1.0, description="Weight of the Turbo LoRA.")
     schedule: str = Field(
         default=DEFAULT_SCHEDULE,
         description="Flash step schedule: a name (turbo, dev-28, dev-50) or sigmas like 1,0.5,0.1",
@@ -89,6 +91,12 @@ class EngineSettings(_Group):
         ge=0,
         description="Memory for cached prompt embeddings (about 16 MB per prompt for the real "
         "model); 0 turns the cache off.",
+    )
+    adapter_cache_mb: int = Field(
+        default=2048,
+        ge=0,
+        description="GPU memory for request LoRAs kept loaded (least recently used out first); "
+        "a batch's own adapters always load. 0 unloads them after each batch.",
     )
     memory_profile: MemoryProfileName = Field(
         default="auto",

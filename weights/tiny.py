@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import tempfile
@@ -58,6 +59,25 @@ PAD_ID = SPECIAL_TOKENS.index("<pad>")
 VOCAB_SIZE = 1024
 TEXT_HIDDEN = 16
 TEXT_LAYERS = 31  # hidden_states[10, 20, 30] stay un-normed intermediate layers (doc §7)
+
+#: The tiny transformer's configuration (real interfaces, tiny widths).
+TINY_TRANSFORMER: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 128,
+    "num_layers": 1,
+    "num_single_layers": 2,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "joint_attention_dim": 3 * TEXT_HIDDEN,
+    "timestep_guidance_channels": 256,
+    "mlp_ratio": 3.0,
+    "axes_dims_rope": (4, 4, 4, 4),
+    "rope_theta": 2000,
+    "eps": 1e-6,
+    "guidance_embeds": True,
+}
+#: What tells the tiny checkpoint apart from a real one (its transformer's widths and depth).
+_TINY_IDENTITY = ("num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads")
 
 #: Mistral-Small-3.1-style template, without the default system message or tool calling.
 #: The pipeline sends a system message, then one or two user turns (images, then text).
@@ -180,6 +200,18 @@ def ensure_tiny_checkpoint(cache_dir: Path) -> Path:
     return target
 
 
+def is_tiny_checkpoint(model_dir: Path) -> bool:
+    """True when ``model_dir`` holds this module's tiny random-weight checkpoint (its transformer
+    has the tiny depth and widths), False for any other checkpoint or an unreadable config."""
+    try:
+        config = json.loads((Path(model_dir) / "transformer" / "config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and all(
+        config.get(key) == TINY_TRANSFORMER[key] for key in _TINY_IDENTITY
+    )
+
+
 @contextlib.contextmanager
 def _quiet_offline() -> Iterator[None]:
     """Hub offline mode and no tqdm bars for the duration of the build; restored afterwards.
@@ -253,21 +285,7 @@ def _transformer() -> Any:
     from diffusers import Flux2Transformer2DModel
 
     torch.manual_seed(0)
-    return Flux2Transformer2DModel(
-        patch_size=1,
-        in_channels=128,
-        num_layers=1,
-        num_single_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=3 * TEXT_HIDDEN,
-        timestep_guidance_channels=256,
-        mlp_ratio=3.0,
-        axes_dims_rope=(4, 4, 4, 4),
-        rope_theta=2000,
-        eps=1e-6,
-        guidance_embeds=True,
-    )
+    return Flux2Transformer2DModel(**TINY_TRANSFORMER)
 
 
 def _text_encoder() -> Any:

@@ -100,3 +100,21 @@ def test_api_load(tmp_path: Path) -> None:
     assert row["soak_jobs"] == 3 and row["soak_failures"] == 0
     assert row["api_open_fds_after"] > 0 and row["worker_rss_mb_after"] > 0
     assert "10 waiting clients" in line
+
+
+def test_family(tmp_path: Path) -> None:
+    args = ("--repeats", "1", "--cycles", "2")
+    line, report = bench("bench_family", tmp_path / "family.json", *args)
+    rows = report["results"]
+    options = {r["option"]: r for r in rows if r["part"] == "turbo"}
+    assert options["adapter, switched per batch (chosen with both regimes)"]["base_exact"] is True
+    assert options["fuse/unfuse per switch (bfloat16)"]["weights_changed"] > 0
+    cases = {r["case"] for r in rows if r["part"] == "lora"}
+    assert {"cold load (read, check, load)", "3 unfused adapter(s)"} <= cases
+    high = [r for r in rows if r.get("level") == "high"]
+    assert {r["mode"] for r in high} == {"text-to-image", "edit"}
+    assert all(r["full_passes"] == 15 and r["psnr_db"] > 0 for r in high)
+    regular = [r for r in rows if r.get("level") == "regular"]
+    assert all(r["max_abs_pixel_diff"] == 0 for r in regular)  # no fast paths on the CPU
+    assert report["real_model_estimate"]["estimate"] is True
+    assert "turbo adapter switch" in line

@@ -253,9 +253,12 @@ def test_lora_is_fused_at_load_time(tiny_checkpoint: Path, tmp_path: Path) -> No
     path = tmp_path / "flash-lora.safetensors"
     save_file(lora, str(path))
 
+    turbo = frozenset({"turbo"})  # fused only when the turbo regime is all the server serves
     base = make_engine(tiny_checkpoint, schedule=TWO_STEPS)
-    fused = make_engine(tiny_checkpoint, schedule=TWO_STEPS, lora_path=path)
-    zero = make_engine(tiny_checkpoint, schedule=TWO_STEPS, lora_path=path, lora_scale=0.0)
+    fused = make_engine(tiny_checkpoint, schedule=TWO_STEPS, lora_path=path, regimes=turbo)
+    zero = make_engine(
+        tiny_checkpoint, schedule=TWO_STEPS, lora_path=path, lora_scale=0.0, regimes=turbo
+    )
     (plain,) = base.run([request()])
     (with_lora,) = fused.run([request()])
     (with_zero,) = zero.run([request()])

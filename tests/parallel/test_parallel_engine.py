@@ -187,3 +187,51 @@ def test_ranks_count_their_work_and_time_their_collectives(ulysses: ParallelEngi
         assert new["denoise_s"] > old["denoise_s"]
         assert 0 < new["comm_s"] - old["comm_s"] < new["denoise_s"] - old["denoise_s"]
         assert new["bytes_shared"] > old["bytes_shared"]  # the batch went to every rank
+
+
+def test_text_to_image_and_the_base_regime_run_on_the_group(
+    single: Flux2Engine, ulysses: ParallelEngine
+) -> None:
+    batch = [
+        EditRequest("t2i", "a red car", (), ImageSize(128, 128), seed=3),
+        EditRequest("base", "a red car", (noise(112, 144, 1),), ImageSize(128, 128), seed=4,
+                    regime="base", steps=3, acceleration="none"),
+    ]  # fmt: skip
+    for want, have in zip(single.run(batch), ulysses.run(batch), strict=True):
+        assert max_diff(want.images[0], have.images[0]) <= 1, want.request_id
+
+
+def test_what_a_group_cannot_run_is_refused_cleanly(
+    ulysses: ParallelEngine, tmp_path: Path
+) -> None:
+    from pipelines.types import LoraWeights
+
+    lora = LoraWeights("ab" * 32, tmp_path / "style.safetensors")
+    with pytest.raises(InvalidRequest, match="LoRAs are not served"):
+        ulysses.check_lora(lora)
+    with pytest.raises(InvalidRequest, match="LoRAs are not served"):
+        ulysses.run([EditRequest("l", "x", (), SIZE, seed=1, regime="base", loras=(lora,))])
+    with pytest.raises(InvalidRequest, match="'high'") as caught:
+        ulysses.run([EditRequest("h", "x", (), SIZE, seed=1, regime="base", acceleration="high")])
+    assert caught.value.problems[0].loc == ("body", "acceleration")
+    assert ulysses.adapter_cache_stats() is None
+
+
+def test_a_group_refuses_to_serve_both_regimes_with_a_turbo_lora(
+    config: Flux2EngineConfig, tmp_path: Path
+) -> None:
+    import dataclasses
+    import shutil
+
+    from core.errors import ConfigError
+    from weights.loras import build_tiny_turbo_lora
+
+    model = tmp_path / "FLUX.2-dev"
+    shutil.copytree(config.model_path, model)
+    build_tiny_turbo_lora(model)
+    spec = parse_layout("ulysses:2")
+    assert spec is not None
+    both = ParallelEngine(dataclasses.replace(config, model_path=model), spec)
+    with pytest.raises(ConfigError, match="either the flash/turbo endpoints"):
+        both.load()
+    assert both.pids == []  # refused before any rank started
