@@ -91,9 +91,10 @@
     const schemas = (spec.components && spec.components.schemas) || {};
     state.schemas = schemas;
     for (const [path, item] of Object.entries(spec.paths || {})) {
-      const body = item.post && item.post.requestBody;
-      const ref = body && body.content && body.content["application/json"].schema.$ref;
-      if (!path.startsWith("/queue/") || path.includes("/requests/") || !ref) continue;
+      if (!path.startsWith("/queue/") || path.includes("/requests/")) continue;
+      // other routes take multipart or raw bodies: only the submit routes' JSON inputs count
+      const ref = item.post?.requestBody?.content?.["application/json"]?.schema?.$ref;
+      if (!ref) continue;
       const input = resolve(schemas, { $ref: ref });
       if (input.properties) state.inputs[path.slice("/queue/".length)] = input;
     }

@@ -24,10 +24,15 @@ def stub() -> Iterator[StubServer]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """``flux2-edit serve --model tiny`` over plain http, as ``make demo`` runs it; references
-    resized to 128x128 so a CPU edit takes about a second."""
+    """``flux2-edit serve --model tiny`` over plain http, as ``make demo`` runs it, serving only
+    the flash edit (an operator's ``FLUX2_ENDPOINTS`` subset: text-to-image answers 404);
+    references resized to 128x128 so a CPU edit takes about a second."""
     root = tmp_path_factory.mktemp("loadtest-server")
-    with tiny_server(root, {"FLUX2_REFERENCE_PIXELS": str(128 * 128)}) as running:
+    settings = {
+        "FLUX2_REFERENCE_PIXELS": str(128 * 128),
+        "FLUX2_ENDPOINTS": "fal-ai/flux-2/flash/edit",
+    }
+    with tiny_server(root, settings) as running:
         yield running
 
 

@@ -132,7 +132,8 @@ def test_the_report_renders_in_a_browser(run: Run, browser: Browser, tmp_path: P
 
 
 def test_text_to_image_errors_are_counted_not_crashes(server: Server, tmp_path: Path) -> None:
-    """The server serves only the edit endpoint: every t2i request is a typed error."""
+    """The server serves only the flash edit (FLUX2_ENDPOINTS): every t2i request is a typed
+    error."""
     done = loadtest(
         [
             "run",

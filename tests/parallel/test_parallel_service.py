@@ -35,10 +35,10 @@ from pipelines.types import EditRequest
 from service.jobs import JobStatus
 from service.queue.redis import RedisJobQueue
 from service.storage.redis import RedisArtifactStore
-from tests.clients.test_js_client import JS_DIR
-from tests.clients.test_js_client import node as node  # the fixture: node, the pinned client
+from tests.clients.conftest import node as node  # the fixture: node, the pinned client
 from tests.helpers.images import data_uri
 from tests.helpers.jobs import make_job
+from tests.helpers.node import JS_DIR
 
 pytestmark = pytest.mark.slow
 
