@@ -60,22 +60,6 @@ def test_service_overhead(tmp_path: Path) -> None:
     assert "512² none: queue p50" in line
 
 
-def test_batching(tmp_path: Path) -> None:
-    line, report = bench(
-        "bench_batching",
-        tmp_path / "batching.json",
-        *("--per-client-1", "1", "--per-client-4", "1", "--per-client-16", "1"),
-        *("--rounds", "1", "--engine-repeats", "1"),
-    )
-    combined = {(r["batching"], r["concurrency"]): r for r in report["combined"]}
-    assert set(combined) == {(mode, c) for mode in ("on", "off") for c in (1, 4, 16)}
-    assert all(r["errors"] == 0 and r["requests"] == r["concurrency"] for r in combined.values())
-    off = [r for r in report["results"] if r["batching"] == "off"]
-    assert all(r["jobs_by_batch_size"] == {"1": r["requests"]} for r in off)  # never batched
-    assert report["engine_alone"]["batch4_s_per_image"] > 0
-    assert "c=16: on" in line
-
-
 def test_prompt_cache(tmp_path: Path) -> None:
     line, report = bench("bench_prompt_cache", tmp_path / "cache.json", "--repeats", "2")
     cases = {r["case"]: r for r in report["results"]}
