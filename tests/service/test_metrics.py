@@ -265,3 +265,22 @@ def test_gpu_memory_only_where_torch_already_runs_cuda(monkeypatch: pytest.Monke
     gpu = "flux2_gpu_memory_bytes"
     assert value(samples, gpu, device="0", kind="allocated") == 1000
     assert value(samples, gpu, device="1", kind="reserved") == 8000
+
+
+def test_lora_cache_counters_come_from_the_worker_and_the_engine() -> None:
+    files = CacheStats(hits=3, misses=1, entries=1, bytes=2048, max_bytes=1 << 20)
+    adapters = CacheStats(hits=7, misses=2, entries=2, bytes=512, max_bytes=1 << 20)
+    worker: Any = SimpleNamespace(
+        state=WorkerState.READY,
+        prompt_cache_stats=lambda: None,
+        lora_file_stats=lambda: files,
+        adapter_cache_stats=lambda: adapters,
+    )
+    metrics = Metrics(process_collectors=False)
+    metrics.bind(worker=worker)
+    samples = parse(metrics.render().decode())
+    assert value(samples, "flux2_lora_file_cache_hits_total") == 3
+    assert value(samples, "flux2_lora_file_cache_misses_total") == 1
+    assert value(samples, "flux2_lora_file_cache_bytes") == 2048
+    assert value(samples, "flux2_lora_adapter_cache_hits_total") == 7
+    assert value(samples, "flux2_lora_adapter_cache_entries") == 2
