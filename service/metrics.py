@@ -270,39 +270,22 @@ def _lora_caches(worker: WorkerProbe) -> Iterable[Metric]:
     """The downloaded-LoRA file cache (the worker's) and the loaded-adapter cache (the
     engine's), for workers that have them."""
     metrics: list[Metric] = []
-    files = getattr(worker, "lora_file_stats", None)
-    stats = files() if callable(files) else None
-    if stats is not None:
+    for method, prefix, what in (
+        ("lora_file_stats", "flux2_lora_file_cache", ("LoRA URLs found in the file cache.",
+         "LoRA URLs downloaded.", "Bytes of cached LoRA files.", "Cached LoRA files.")),
+        ("adapter_cache_stats", "flux2_lora_adapter_cache", ("LoRA adapters reused.",
+         "LoRA adapters loaded.", "Bytes of loaded adapters.", "Loaded adapters.")),
+    ):  # fmt: skip
+        probe = getattr(worker, method, None)
+        stats = probe() if callable(probe) else None
+        if stats is None:
+            continue
+        hits, misses, size, entries = what
         metrics += [
-            CounterMetricFamily(
-                "flux2_lora_file_cache_hits", "LoRA URLs found in the file cache.", value=stats.hits
-            ),
-            CounterMetricFamily(
-                "flux2_lora_file_cache_misses", "LoRA URLs downloaded.", value=stats.misses
-            ),
-            GaugeMetricFamily(
-                "flux2_lora_file_cache_bytes", "Bytes of cached LoRA files.", value=stats.bytes
-            ),
-            GaugeMetricFamily(
-                "flux2_lora_file_cache_entries", "Cached LoRA files.", value=stats.entries
-            ),
-        ]
-    adapters = getattr(worker, "adapter_cache_stats", None)
-    loaded = adapters() if callable(adapters) else None
-    if loaded is not None:
-        metrics += [
-            CounterMetricFamily(
-                "flux2_lora_adapter_cache_hits", "LoRA adapters reused.", value=loaded.hits
-            ),
-            CounterMetricFamily(
-                "flux2_lora_adapter_cache_misses", "LoRA adapters loaded.", value=loaded.misses
-            ),
-            GaugeMetricFamily(
-                "flux2_lora_adapter_cache_bytes", "Bytes of loaded adapters.", value=loaded.bytes
-            ),
-            GaugeMetricFamily(
-                "flux2_lora_adapter_cache_entries", "Loaded adapters.", value=loaded.entries
-            ),
+            CounterMetricFamily(f"{prefix}_hits", hits, value=stats.hits),
+            CounterMetricFamily(f"{prefix}_misses", misses, value=stats.misses),
+            GaugeMetricFamily(f"{prefix}_bytes", size, value=stats.bytes),
+            GaugeMetricFamily(f"{prefix}_entries", entries, value=stats.entries),
         ]
     return metrics
 
